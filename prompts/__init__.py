@@ -1,0 +1,1 @@
+"""Prompt files, shipped as package data ``graph_distill.prompts``."""
