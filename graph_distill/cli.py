@@ -136,12 +136,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 @contextmanager
-def model_session(flags: dict[str, Any], quiet: bool) -> Iterator[ModelSettings]:
-    """Resolved settings; starts (and always stops) the local model server when needed."""
+def model_session(flags: dict[str, Any], quiet: bool) -> Iterator[tuple[ModelSettings, bool]]:
+    """Resolved settings and whether they point at the embedded model, whose server this
+    starts (and always stops) when needed."""
     local_model: Path | None = flags.pop("local_model", None)
     settings = resolve_settings(flags)
     if local_model is None and not settings.wants_local_model:
-        yield require_usable(settings)
+        yield require_usable(settings), False
         return
     server = LocalModelServer(local_model)
     with server:
@@ -152,15 +153,18 @@ def model_session(flags: dict[str, Any], quiet: bool) -> Iterator[ModelSettings]
                 f"{server.model_name} at {base_url}",
                 err=True,
             )
-        yield replace(
-            settings,
-            base_url=base_url,
-            api_key=None,
-            model=server.model_name,
-            user_model=None,
-            assistant_model=None,
-            distill_model=None,
-            base_url_configured=True,
+        yield (
+            replace(
+                settings,
+                base_url=base_url,
+                api_key=None,
+                model=server.model_name,
+                user_model=None,
+                assistant_model=None,
+                distill_model=None,
+                base_url_configured=True,
+            ),
+            True,
         )
 
 

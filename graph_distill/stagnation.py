@@ -66,13 +66,13 @@ def detect_stall(
     user_texts: Sequence[str], assistant_texts: Sequence[str], threshold: float
 ) -> str | None:
     """The reason key (see ``REASONS``) when the latest round shows a stall, else None."""
-    if repeats_earlier(user_texts, threshold):
-        return "user_repeat"
-    if repeats_earlier(assistant_texts, threshold):
-        return "assistant_repeat"
     recent = user_texts[-ACK_ROUNDS:]
     if len(recent) == ACK_ROUNDS and all(is_acknowledgement(t) for t in recent):
         return "acknowledgements"
     if user_texts and is_goodbye(user_texts[-1]):
         return "early_goodbye"
+    if repeats_earlier(user_texts, threshold):
+        return "user_repeat"
+    if repeats_earlier(assistant_texts, threshold):
+        return "assistant_repeat"
     return None
