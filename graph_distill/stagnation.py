@@ -10,12 +10,14 @@ _WORD = re.compile(r"[a-z0-9']+")
 _ACK_WORDS = frozenset(
     "ok okay k kk thanks thank thx ty you so much got it cool great nice sure alright "
     "right i see understood perfect awesome yes yeah yep makes sense good all that's "
-    "thats clear helpful very will do noted fine".split()
+    "that thats clear helpful very will do noted fine".split()
 )
 _GOODBYE = re.compile(
-    r"\b(bye|goodbye|good bye|see you|see ya|talk (to you )?later|that'?s all|"
-    r"have a (good|nice|great) (day|one|night)|signing off|take care)\b"
+    r"\b(bye|goodbye|good bye|see you|see ya|talk (to you )?later|signing off|"
+    r"have a (good|nice|great) (day|one|night)|take care(?! of)|"
+    r"that'?s all (for now|for today|i needed|i wanted|thanks))\b"
 )
+MAX_GOODBYE_WORDS = 30
 ACK_ROUNDS = 2
 MAX_ACK_WORDS = 8
 
@@ -27,19 +29,27 @@ REASONS = {
 }
 
 
+def _normal(text: str) -> str:
+    return text.lower().replace("\u2019", "'")
+
+
 def _words(text: str) -> tuple[str, ...]:
-    return tuple(_WORD.findall(text.lower()))
+    return tuple(_WORD.findall(_normal(text)))
 
 
 @lru_cache(maxsize=8192)
 def _shingles(text: str) -> frozenset[tuple[str, ...]]:
     words = _words(text)
-    size = min(3, len(words)) or 1
-    return frozenset(words[i : i + size] for i in range(max(1, len(words) - size + 1)))
+    size = min(2, len(words))
+    return (
+        frozenset(words[i : i + size] for i in range(len(words) - size + 1))
+        if words
+        else (frozenset())
+    )
 
 
 def similarity(a: str, b: str) -> float:
-    """Jaccard similarity of word 3-grams: robust to a few typos, cheap on long replies."""
+    """Jaccard similarity of word pairs: survives a few typos, cheap on long replies."""
     sa, sb = _shingles(a), _shingles(b)
     if not sa or not sb:
         return 0.0
@@ -59,7 +69,7 @@ def is_acknowledgement(text: str) -> bool:
 
 
 def is_goodbye(text: str) -> bool:
-    return bool(_GOODBYE.search(text.lower()))
+    return len(_words(text)) <= MAX_GOODBYE_WORDS and bool(_GOODBYE.search(_normal(text)))
 
 
 def detect_stall(

@@ -26,7 +26,7 @@ def role_of(body: dict[str, Any]) -> str:
 def varied(prefix: str) -> Script:
     words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
     return lambda n: f"{prefix} {n}: " + " ".join(
-        words[(n * k) % len(words)] + str(n * 7 + k) for k in range(1, 9)
+        f"{prefix[:3]}{words[(n * k) % len(words)]}{n * 7 + k}" for k in range(1, 9)
     )
 
 

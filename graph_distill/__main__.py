@@ -1,0 +1,3 @@
+from graph_distill.cli import main
+
+main()
