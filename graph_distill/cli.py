@@ -207,18 +207,10 @@ def _finish(summary: RunSummary, quiet: bool) -> None:
 
 def _execute(flags: dict[str, Any], quiet: bool, work: Callable[[ModelSettings, bool], Any]) -> Any:
     """Run ``work`` inside a model session, turning known failures into plain exits."""
-    local = flags.get("local_model") is not None
     try:
-        with model_session(flags, quiet) as settings:
-            local = local or (
-                settings.base_url_configured
-                and settings.api_key is None
-                and (settings.base_url.startswith("http://127.0.0.1"))
-            )
+        with model_session(flags, quiet) as (settings, local):
             return work(settings, local)
-    except (ConfigError, LocalModelError, ScenarioError) as error:
-        _fail(str(error))
-    except FatalRunError as error:
+    except (ConfigError, LocalModelError, ScenarioError, FatalRunError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
         _fail("interrupted", 130)

@@ -65,7 +65,7 @@ def test_seed_reproduces_scenarios_targets_and_noise(tmp_path: Path) -> None:
         with FakeOpenAIServer(RoleResponder()) as server:
             out = tmp_path / attempt
             result = invoke(*run_args(server, out, "--no-distill", "-n", "3", "--seed", "4",
-                                      "--typo-rate", "0.5", "-q"))
+                                      "--typo-rate", "0.5", "-q", "-j", "1"))
         assert result.exit_code == 0, result.output
         results.append(sorted(
             (c["scenario"]["name"], c["metadata"]["target_rounds"],
