@@ -173,12 +173,11 @@ def _report_update(
         values = values or {}
         if node == "start":
             reporter.started(label, values["target_rounds"])
-        elif node in ("simulate_user", "add_noise") and values.get("conversation_messages"):
+        elif node == "simulate_user":
             held_user_text[:] = [values["conversation_messages"][-1].text]
-            if node == "add_noise":
-                reporter.user_message(label, held_user_text.pop())
-        elif node == "add_noise" and held_user_text:
-            reporter.user_message(label, held_user_text.pop())
+        elif node == "add_noise":
+            noised = values.get("conversation_messages")
+            reporter.user_message(label, noised[-1].text if noised else held_user_text[0])
         elif node == "respond":
             reporter.round_done(label, values["rounds"])
         elif node == "switch_topic":
