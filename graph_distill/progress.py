@@ -94,16 +94,19 @@ class LiveReporter(LineReporter):
 class BoardReporter(LineReporter):
     """A status line of rounds done per conversation, redrawn in place on a terminal."""
 
-    def __init__(self, stream: TextIO | None = None, max_shown: int = 6) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, max_shown: int = 6, min_interval: float = 0.2
+    ) -> None:
         super().__init__(stream)
         self.max_shown = max_shown
+        self.min_interval = min_interval
         self.progress: dict[str, tuple[int, int]] = {}
         self.done = 0
         self._last_draw = 0.0
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_draw < 0.2:
+        if not force and now - self._last_draw < self.min_interval:
             return
         self._last_draw = now
         shown = [f"{label} {r}/{t}" for label, (r, t) in list(self.progress.items())]

@@ -46,7 +46,7 @@ def test_live_reporter_streams_the_whole_conversation(tmp_path: Path) -> None:
 
 def test_board_reporter_shows_rounds_per_conversation(tmp_path: Path) -> None:
     out = io.StringIO()
-    run(BoardReporter(out), tmp_path, count=3)
+    run(BoardReporter(out, min_interval=0.0), tmp_path, count=3)
     shown = out.getvalue()
     assert "3/3" in shown and "1/3" in shown
     assert shown.count("saved ") == 3
