@@ -1,0 +1,34 @@
+"""graph-distill: long synthetic conversations and their distillation, as LangGraph graphs.
+
+Each graph is exported as a builder (to compile with your own checkpointer) and as a
+compiled graph without one (for ``langgraph dev`` and for embedding as a subgraph node).
+"""
+
+from graph_distill.context import (
+    ConversationContext,
+    DistillContext,
+    ModelContext,
+    PipelineContext,
+)
+from graph_distill.conversation_graph import conversation_builder, conversation_graph
+from graph_distill.conversation_nodes import ConversationInput, ConversationOutput
+from graph_distill.distill_graph import DistillInput, DistillOutput, distill_builder, distill_graph
+from graph_distill.pipeline_graph import PipelineOutput, pipeline_builder, pipeline_graph
+
+__all__ = [
+    "ConversationContext",
+    "ConversationInput",
+    "ConversationOutput",
+    "DistillContext",
+    "DistillInput",
+    "DistillOutput",
+    "ModelContext",
+    "PipelineContext",
+    "PipelineOutput",
+    "conversation_builder",
+    "conversation_graph",
+    "distill_builder",
+    "distill_graph",
+    "pipeline_builder",
+    "pipeline_graph",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
 from typing import Literal
 
@@ -54,7 +55,15 @@ def chat_model(
         max_tokens=max_tokens,
         timeout=context.request_timeout,
         max_retries=context.max_retries,
+        loop=_running_loop(),
     )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @lru_cache(maxsize=64)
@@ -67,8 +76,11 @@ def _build(
     max_tokens: int,
     timeout: float,
     max_retries: int,
+    loop: asyncio.AbstractEventLoop | None,
 ) -> ChatOpenAI:
-    # Cached: a new client per call would cost connection setup on every model call.
+    # Cached: a new client per call would cost connection setup on every model call. One per
+    # event loop: an async HTTP client cannot be used after the loop it connected in closes.
+    http_async_client = openai.DefaultAsyncHttpxClient() if loop is not None else None
     extra_body = {"thinking": {"type": "disabled"}} if is_mimo(base_url) else None
     return ChatOpenAI(
         base_url=base_url,
@@ -80,6 +92,7 @@ def _build(
         max_retries=max_retries,
         stream_usage=True,
         extra_body=extra_body,
+        http_async_client=http_async_client,
     )
 
 

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tests.fake_openai import message_text
+from tests.fake_openai import DefaultResponder, message_text
 
 Script = Callable[[int], str]
 
@@ -31,11 +31,13 @@ def varied(prefix: str) -> Script:
 
 
 class RoleResponder:
-    """Answers per role from scripts ``n -> text`` (n counts that role's calls from 0)."""
+    """Answers per role from scripts ``n -> text`` (n counts that role's calls from 0);
+    roles without a script (distill) get the fake server's default answers."""
 
     def __init__(self, **scripts: Script) -> None:
         self.scripts = {"user": varied("question"), "assistant": varied("answer"),
                         "subtopic": lambda n: f"fresh subtopic number {n}", **scripts}
+        self.fallback = DefaultResponder()
         self.counters: dict[str, Iterator[int]] = {}
         self.bodies: dict[str, list[dict[str, Any]]] = {}
 
@@ -43,4 +45,5 @@ class RoleResponder:
         role = role_of(body)
         self.bodies.setdefault(role, []).append(body)
         number = next(self.counters.setdefault(role, itertools.count()))
-        return self.scripts[role](number)
+        script = self.scripts.get(role)
+        return script(number) if script else self.fallback(body)
