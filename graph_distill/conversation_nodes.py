@@ -7,7 +7,7 @@ import random
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import (
     AIMessage,
@@ -20,6 +20,7 @@ from langchain_core.messages import (
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from langgraph.types import Command
+from typing_extensions import TypedDict
 
 from graph_distill.context import ConversationContext
 from graph_distill.history import flipped, window

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypedDict
 
 from langchain_core.messages import BaseMessage
+from typing_extensions import TypedDict
 
 
 class Usage(TypedDict):

@@ -126,9 +126,13 @@ def test_builtins_are_cached() -> None:
 def test_import_reads_no_files() -> None:
     probe = (
         "import importlib.resources as r\n"
-        "def refuse(*a, **k): raise AssertionError('I/O at import')\n"
-        "r.files = refuse\n"
-        "import graph_distill.scenarios\n"
+        "real = r.files\n"
+        "def guarded(anchor, *a, **k):\n"
+        "    if str(getattr(anchor, '__name__', anchor)).startswith('graph_distill'):\n"
+        "        raise AssertionError('I/O at import')\n"
+        "    return real(anchor, *a, **k)\n"
+        "r.files = guarded\n"
+        "import graph_distill, graph_distill.cli, graph_distill.scenarios\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True)
 
