@@ -25,8 +25,9 @@ def role_of(body: dict[str, Any]) -> str:
 
 def varied(prefix: str) -> Script:
     words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
-    return lambda n: f"{prefix} {n}: " + " ".join(
-        f"{prefix[:3]}{words[(n * k) % len(words)]}{n * 7 + k}" for k in range(1, 9)
+    return lambda n: (
+        f"{prefix} {n}: "
+        + " ".join(f"{prefix[:3]}{words[(n * k) % len(words)]}{n * 7 + k}" for k in range(1, 9))
     )
 
 
@@ -35,8 +36,12 @@ class RoleResponder:
     roles without a script (distill) get the fake server's default answers."""
 
     def __init__(self, **scripts: Script) -> None:
-        self.scripts = {"user": varied("question"), "assistant": varied("answer"),
-                        "subtopic": lambda n: f"fresh subtopic number {n}", **scripts}
+        self.scripts = {
+            "user": varied("question"),
+            "assistant": varied("answer"),
+            "subtopic": lambda n: f"fresh subtopic number {n}",
+            **scripts,
+        }
         self.fallback = DefaultResponder()
         self.counters: dict[str, Iterator[int]] = {}
         self.bodies: dict[str, list[dict[str, Any]]] = {}

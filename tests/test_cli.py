@@ -26,8 +26,22 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 def run_args(server: FakeOpenAIServer, tmp: Path, *extra: str) -> list[str]:
-    return ["run", "--base-url", server.base_url, "--api-key", SECRET, "-c", str(tmp / "conv"),
-            "-d", str(tmp / "dist"), "--min-rounds", "2", "--max-rounds", "3", *extra]
+    return [
+        "run",
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        SECRET,
+        "-c",
+        str(tmp / "conv"),
+        "-d",
+        str(tmp / "dist"),
+        "--min-rounds",
+        "2",
+        "--max-rounds",
+        "3",
+        *extra,
+    ]
 
 
 def conversations(tmp: Path) -> list[dict[str, Any]]:
@@ -37,22 +51,36 @@ def conversations(tmp: Path) -> list[dict[str, Any]]:
 def test_run_no_distill_writes_contract_files_in_a_subprocess(tmp_path: Path) -> None:
     with FakeOpenAIServer(RoleResponder()) as server:
         args = run_args(server, tmp_path, "--no-distill", "-n", "3", "--seed", "11")
-        done = subprocess.run([sys.executable, "-m", "graph_distill", *args],
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "NO_COLOR": "1"})
+        done = subprocess.run(
+            [sys.executable, "-m", "graph_distill", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
     assert done.returncode == 0, done.stderr
     files = sorted((tmp_path / "conv").glob("*.json"))
     assert len(files) == 3 and all(NAME.match(f.name) for f in files)
     for path in files:
         data = json.loads(path.read_text())
-        assert list(data)[:6] == ["id", "scenario", "conversation", "total_rounds",
-                                  "created_at", "metadata"]
+        assert list(data)[:6] == [
+            "id",
+            "scenario",
+            "conversation",
+            "total_rounds",
+            "created_at",
+            "metadata",
+        ]
         roles = [m["role"] for m in data["conversation"]]
         assert roles == ["user", "assistant"] * data["total_rounds"]
         assert 2 <= data["total_rounds"] <= 3
         assert path.name.startswith(data["metadata"]["scenario_key"] + "_")
-        assert set(data["metadata"]["usage"]) == {"input_tokens", "output_tokens",
-                                                  "cached_tokens", "calls"}
+        assert set(data["metadata"]["usage"]) == {
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "calls",
+        }
     assert not (tmp_path / "dist").exists()
     assert "3 conversation file(s) written" in done.stderr
     assert "Traceback" not in done.stderr
@@ -64,12 +92,33 @@ def test_seed_reproduces_scenarios_targets_and_noise(tmp_path: Path) -> None:
     for attempt in ("a", "b"):
         with FakeOpenAIServer(RoleResponder()) as server:
             out = tmp_path / attempt
-            result = invoke(*run_args(server, out, "--no-distill", "-n", "3", "--seed", "4",
-                                      "--typo-rate", "0.5", "-q", "-j", "1"))
+            result = invoke(
+                *run_args(
+                    server,
+                    out,
+                    "--no-distill",
+                    "-n",
+                    "3",
+                    "--seed",
+                    "4",
+                    "--typo-rate",
+                    "0.5",
+                    "-q",
+                    "-j",
+                    "1",
+                )
+            )
         assert result.exit_code == 0, result.output
-        results.append(sorted(
-            (c["scenario"]["name"], c["metadata"]["target_rounds"],
-             json.dumps(c["metadata"]["noise"])) for c in conversations(out)))
+        results.append(
+            sorted(
+                (
+                    c["scenario"]["name"],
+                    c["metadata"]["target_rounds"],
+                    json.dumps(c["metadata"]["noise"]),
+                )
+                for c in conversations(out)
+            )
+        )
     assert results[0] == results[1]
 
 
@@ -110,9 +159,24 @@ def test_one_failing_conversation_is_reported_and_the_others_are_written(
         return "" if doomed else assistant(body)
 
     with FakeOpenAIServer(responder) as server:
-        result = invoke(*run_args(server, tmp_path, "--no-distill", "-n", "6", "--seed", "3",
-                                  "--scenarios-file", str(scenarios), "--scenario", "Doomed",
-                                  "--scenario", "MachineLearning", "-q"))
+        result = invoke(
+            *run_args(
+                server,
+                tmp_path,
+                "--no-distill",
+                "-n",
+                "6",
+                "--seed",
+                "3",
+                "--scenarios-file",
+                str(scenarios),
+                "--scenario",
+                "Doomed",
+                "--scenario",
+                "MachineLearning",
+                "-q",
+            )
+        )
     written = conversations(tmp_path)
     assert result.exit_code == 1, result.output
     assert "Failed:" in result.output and "Doomed" in result.output
@@ -126,8 +190,7 @@ def test_rate_limit_is_retried_and_the_run_goes_on(tmp_path: Path) -> None:
     with FakeOpenAIServer(RoleResponder()) as server:
         server.enqueue_fault("429", retry_after=0.2)
         server.enqueue_fault("500")
-        result = invoke(*run_args(server, tmp_path, "--no-distill", "-n", "1", "--seed", "2",
-                                  "-q"))
+        result = invoke(*run_args(server, tmp_path, "--no-distill", "-n", "1", "--seed", "2", "-q"))
         faults = server.fault_counts
     assert result.exit_code == 0, result.output
     assert faults["429"] == 1 and faults["500"] == 1
@@ -160,8 +223,19 @@ def test_mimo_without_key_names_the_variable() -> None:
 
 def test_scenarios_file_errors_are_reported_by_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"name": "X", "description": "d", "user_prompt": "",
-                                "ai_role": "r", "user_followups": "nope"}]))
+    bad.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "X",
+                    "description": "d",
+                    "user_prompt": "",
+                    "ai_role": "r",
+                    "user_followups": "nope",
+                }
+            ]
+        )
+    )
     result = invoke("run", "--base-url", "http://127.0.0.1:9/v1", "--scenarios-file", str(bad))
     assert result.exit_code == 2
     assert "user_prompt" in result.output and "user_followups" in result.output
@@ -171,11 +245,27 @@ def test_help_explains_rate_per_user_message() -> None:
     result = invoke("run", "--help")
     assert result.exit_code == 0
     assert "per message" in result.output.replace("\n", " ").lower()
-    for option in ("--num-conversations", "--min-rounds", "--max-rounds", "--conversation-dir",
-                   "--distilled-dir", "--max-tokens", "--overlap-tokens", "--api-key",
-                   "--base-url", "--model", "--split-method", "--max-turns", "--scenario",
-                   "--scenarios-file", "--seed", "--typo-rate", "--concurrency",
-                   "--no-distill", "--quiet"):
+    for option in (
+        "--num-conversations",
+        "--min-rounds",
+        "--max-rounds",
+        "--conversation-dir",
+        "--distilled-dir",
+        "--max-tokens",
+        "--overlap-tokens",
+        "--api-key",
+        "--base-url",
+        "--model",
+        "--split-method",
+        "--max-turns",
+        "--scenario",
+        "--scenarios-file",
+        "--seed",
+        "--typo-rate",
+        "--concurrency",
+        "--no-distill",
+        "--quiet",
+    ):
         assert option in result.output
 
 

@@ -12,18 +12,28 @@ from graph_distill.cli import main
 from tests.fake_openai import FakeOpenAIServer
 from tests.roles import RoleResponder, role_of
 
-DISTILLED_KEYS = ["source", "total_chunks", "distilled_chunks", "final_summary", "final_notes",
-                  "metadata"]
+DISTILLED_KEYS = [
+    "source",
+    "total_chunks",
+    "distilled_chunks",
+    "final_summary",
+    "final_notes",
+    "metadata",
+]
 
 
 def invoke(server: FakeOpenAIServer, *args: str) -> Result:
-    return CliRunner().invoke(main, [*args, "--base-url", server.base_url, "--api-key", "k"],
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        main, [*args, "--base-url", server.base_url, "--api-key", "k"], catch_exceptions=False
+    )
 
 
 def dialogue(rounds: int, words: int = 60) -> list[dict[str, str]]:
     return [
-        {"role": role, "content": f"{role} turn {i}: " + " ".join(f"w{i}x{k}" for k in range(words))}
+        {
+            "role": role,
+            "content": f"{role} turn {i}: " + " ".join(f"w{i}x{k}" for k in range(words)),
+        }
         for i in range(rounds)
         for role in ("user", "assistant")
     ]
@@ -35,11 +45,14 @@ def write(path: Path, data: Any) -> Path:
 
 
 def test_distill_one_file_writes_contract_output(tmp_path: Path) -> None:
-    source = write(tmp_path / "talk.json", {"scenario": {"name": "x"}, "total_rounds": 12,
-                                            "conversation": dialogue(12)})
+    source = write(
+        tmp_path / "talk.json",
+        {"scenario": {"name": "x"}, "total_rounds": 12, "conversation": dialogue(12)},
+    )
     with FakeOpenAIServer() as server:
-        result = invoke(server, "distill", "-i", str(source), "--max-tokens", "500",
-                        "--overlap-tokens", "60")
+        result = invoke(
+            server, "distill", "-i", str(source), "--max-tokens", "500", "--overlap-tokens", "60"
+        )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "distilled" / "distilled_talk.json").read_text())
     assert list(data) == DISTILLED_KEYS
@@ -58,8 +71,18 @@ def test_output_file_option_and_turns_split(tmp_path: Path) -> None:
     source = write(tmp_path / "talk.json", {"messages": dialogue(5)})
     target = tmp_path / "out" / "mine.json"
     with FakeOpenAIServer() as server:
-        result = invoke(server, "distill", "-i", str(source), "-o", str(target),
-                        "--split-method", "turns", "--max-turns", "4")
+        result = invoke(
+            server,
+            "distill",
+            "-i",
+            str(source),
+            "-o",
+            str(target),
+            "--split-method",
+            "turns",
+            "--max-turns",
+            "4",
+        )
     assert result.exit_code == 0, result.output
     data = json.loads(target.read_text())
     assert data["metadata"]["split_method"] == "turns"
@@ -70,8 +93,14 @@ def test_batch_with_bad_files_goes_on_and_exits_1(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     write(inputs / "good.json", {"conversation": dialogue(3)})
-    sharegpt = [{"conversations": [{"from": "human", "value": "hi there, question?"},
-                                   {"from": "gpt", "value": "an answer here"}]}] * 2
+    sharegpt = [
+        {
+            "conversations": [
+                {"from": "human", "value": "hi there, question?"},
+                {"from": "gpt", "value": "an answer here"},
+            ]
+        }
+    ] * 2
     write(inputs / "many.jsonl", "\n".join(json.dumps(c) for c in sharegpt))
     write(inputs / "broken.json", "{not json")
     write(inputs / "roles.json", {"messages": [{"role": "tool", "content": "x"}]})
@@ -83,8 +112,11 @@ def test_batch_with_bad_files_goes_on_and_exits_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     written = sorted(p.name for p in out.glob("*.json"))
     assert written == ["distilled_good.json", "distilled_many_1.json", "distilled_many_2.json"]
-    for bad, problem in (("broken.json", "not valid JSON"), ("roles.json", "unknown role"),
-                         ("latin1.json", "not UTF-8")):
+    for bad, problem in (
+        ("broken.json", "not valid JSON"),
+        ("roles.json", "unknown role"),
+        ("latin1.json", "not UTF-8"),
+    ):
         assert bad in result.output and problem in result.output
     assert "3 failure(s)" in result.output
 
@@ -109,9 +141,25 @@ def test_directory_without_batch_is_a_usage_error(tmp_path: Path) -> None:
 def test_run_distills_each_conversation_as_soon_as_it_is_saved(tmp_path: Path) -> None:
     responder = RoleResponder()
     with FakeOpenAIServer(responder, latency=0.05) as server:
-        result = invoke(server, "run", "-n", "3", "-j", "1", "--min-rounds", "3",
-                        "--max-rounds", "3", "--seed", "9", "-c", str(tmp_path / "c"),
-                        "-d", str(tmp_path / "d"), "-q")
+        result = invoke(
+            server,
+            "run",
+            "-n",
+            "3",
+            "-j",
+            "1",
+            "--min-rounds",
+            "3",
+            "--max-rounds",
+            "3",
+            "--seed",
+            "9",
+            "-c",
+            str(tmp_path / "c"),
+            "-d",
+            str(tmp_path / "d"),
+            "-q",
+        )
         records = server.records
     assert result.exit_code == 0, result.output
     conversations = sorted((tmp_path / "c").glob("*.json"))

@@ -19,19 +19,33 @@ SCENARIO = builtin_scenarios()[0]
 
 
 def context(server: FakeOpenAIServer, **overrides: Any) -> ConversationContext:
-    values: dict[str, Any] = {"base_url": server.base_url, "api_key": "k", "model": "m",
-                              "min_rounds": 3, "max_rounds": 3, "typo_rate": 0.0}
+    values: dict[str, Any] = {
+        "base_url": server.base_url,
+        "api_key": "k",
+        "model": "m",
+        "min_rounds": 3,
+        "max_rounds": 3,
+        "typo_rate": 0.0,
+    }
     return ConversationContext(**{**values, **overrides})
 
 
-async def converse(responder: RoleResponder | None = None, *, rounds: int = 4,
-                   scenario: dict[str, Any] | None = None, seed: int = 1,
-                   **overrides: Any) -> tuple[dict[str, Any], RoleResponder, FakeOpenAIServer]:
+async def converse(
+    responder: RoleResponder | None = None,
+    *,
+    rounds: int = 4,
+    scenario: dict[str, Any] | None = None,
+    seed: int = 1,
+    **overrides: Any,
+) -> tuple[dict[str, Any], RoleResponder, FakeOpenAIServer]:
     responder = responder or RoleResponder()
     with FakeOpenAIServer(responder) as server:
         ctx = context(server, min_rounds=rounds, max_rounds=rounds, **overrides)
-        inputs = {"scenario": scenario or SCENARIO.to_record(), "seed": seed,
-                  "target_rounds": rounds}
+        inputs = {
+            "scenario": scenario or SCENARIO.to_record(),
+            "seed": seed,
+            "target_rounds": rounds,
+        }
         output = await conversation_graph.ainvoke(inputs, {"recursion_limit": 500}, context=ctx)
     return output["conversation_record"], responder, server
 
@@ -67,8 +81,10 @@ async def test_target_rounds_drawn_from_range_with_seed() -> None:
             assert record["total_rounds"] == record["metadata"]["target_rounds"]
             targets.add(record["metadata"]["target_rounds"])
             again = await conversation_graph.ainvoke({"seed": seed}, context=ctx)
-            assert again["conversation_record"]["metadata"]["target_rounds"] == (
-                record["metadata"]["target_rounds"])
+            assert (
+                again["conversation_record"]["metadata"]["target_rounds"]
+                == (record["metadata"]["target_rounds"])
+            )
             assert again["conversation_record"]["scenario"] == record["scenario"]
     assert len(targets) > 1
 
@@ -87,7 +103,7 @@ async def test_acknowledgements_switch_to_next_followup() -> None:
 
 async def test_user_repeat_switches_topic_and_next_message_is_steered() -> None:
     same = RoleResponder(user=lambda n: "how do I pick a learning rate for my model?")
-    record, responder, _ = await converse(same, rounds=4)
+    record, _, _ = await converse(same, rounds=4)
     reasons = [s["reason"] for s in record["metadata"]["topic_switches"]]
     assert reasons and all("repeated an earlier message" in r for r in reasons)
     topics = [s["to_topic"] for s in record["metadata"]["topic_switches"]]
@@ -113,8 +129,13 @@ async def test_followups_exhausted_asks_model_for_fresh_subtopic() -> None:
 
 
 async def test_role_breaking_user_message_is_regenerated_at_most_twice() -> None:
-    script = RoleResponder(user=lambda n: "As an AI language model, I can explain that."
-                           if n % 4 else f"question {n} about gradients?")
+    script = RoleResponder(
+        user=lambda n: (
+            "As an AI language model, I can explain that."
+            if n % 4
+            else f"question {n} about gradients?"
+        )
+    )
     record, responder, _ = await converse(script, rounds=3)
     users = [m["content"] for m in record["conversation"] if m["role"] == "user"]
     assert not any("As an AI" in u for u in users)
@@ -159,8 +180,9 @@ async def test_no_noise_at_rate_zero() -> None:
 
 
 async def test_history_window_bounds_prompt_and_keeps_prefix_stable() -> None:
-    record, responder, server = await converse(rounds=30, history_budget_tokens=600,
-                                               history_cut_step=8)
+    record, responder, server = await converse(
+        rounds=30, history_budget_tokens=600, history_cut_step=8
+    )
     assert_well_formed(record, 30)
     sizes = [len(b["messages"]) for b in responder.bodies["assistant"]]
     assert max(sizes) < 30
@@ -169,19 +191,29 @@ async def test_history_window_bounds_prompt_and_keeps_prefix_stable() -> None:
 
 def test_finish_drops_trailing_user_and_empty_messages() -> None:
     state = {
-        "conversation_id": "c1", "scenario": SCENARIO.to_record(), "scenario_key": SCENARIO.key,
-        "seed": 1, "target_rounds": 3, "termination_reason": "target_rounds",
-        "conversation_messages": [HumanMessage("hi", id="m0"), AIMessage("hello", id="m1"),
-                                  HumanMessage("more?", id="m2"), AIMessage(" ", id="m3"),
-                                  HumanMessage("dangling", id="m4")],
+        "conversation_id": "c1",
+        "scenario": SCENARIO.to_record(),
+        "scenario_key": SCENARIO.key,
+        "seed": 1,
+        "target_rounds": 3,
+        "termination_reason": "target_rounds",
+        "conversation_messages": [
+            HumanMessage("hi", id="m0"),
+            AIMessage("hello", id="m1"),
+            HumanMessage("more?", id="m2"),
+            AIMessage(" ", id="m3"),
+            HumanMessage("dangling", id="m4"),
+        ],
     }
 
     class Runtime:
         context = ConversationContext(base_url="http://127.0.0.1:9/v1", model="m")
 
     out = finish(state, Runtime())  # type: ignore[arg-type]
-    assert out["conversation"] == [{"role": "user", "content": "hi"},
-                                   {"role": "assistant", "content": "hello"}]
+    assert out["conversation"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
     assert {m.id for m in out["conversation_messages"]} == {"m2", "m3", "m4"}
     assert out["conversation_record"]["total_rounds"] == 1
 
@@ -190,11 +222,16 @@ async def test_checkpointed_run_and_streamed_rounds() -> None:
     graph = conversation_builder.compile(checkpointer=InMemorySaver(), name="conversation")
     with FakeOpenAIServer(RoleResponder()) as server:
         config = {"configurable": {"thread_id": "t1"}, "recursion_limit": 200}
-        rounds = [update["respond"]["rounds"]
-                  async for update in graph.astream({"seed": 2, "target_rounds": 3}, config,
-                                                    context=context(server),
-                                                    stream_mode="updates")
-                  if "respond" in update]
+        rounds = [
+            update["respond"]["rounds"]
+            async for update in graph.astream(
+                {"seed": 2, "target_rounds": 3},
+                config,
+                context=context(server),
+                stream_mode="updates",
+            )
+            if "respond" in update
+        ]
         state = await graph.aget_state(config)
     assert rounds == [1, 2, 3]
     assert state.values["rounds"] == 3 and not state.next
@@ -203,12 +240,17 @@ async def test_checkpointed_run_and_streamed_rounds() -> None:
 def test_graph_is_named_and_drawable_offline() -> None:
     assert conversation_graph.name == "conversation"
     mermaid = conversation_graph.get_graph().draw_mermaid()
-    for node in ("simulate_user", "add_noise", "respond", "check_progress", "switch_topic",
-                 "finish"):
+    for node in (
+        "simulate_user",
+        "add_noise",
+        "respond",
+        "check_progress",
+        "switch_topic",
+        "finish",
+    ):
         assert node in mermaid
 
 
 def test_bad_round_range_is_rejected() -> None:
     with FakeOpenAIServer() as server, pytest.raises(ValueError, match="min_rounds"):
-        conversation_graph.invoke({"seed": 1}, context=context(server, min_rounds=5,
-                                                                  max_rounds=2))
+        conversation_graph.invoke({"seed": 1}, context=context(server, min_rounds=5, max_rounds=2))

@@ -23,11 +23,23 @@ from tests.roles import RoleResponder
 
 def run(reporter: Reporter, tmp_path: Path, count: int, typo_rate: float = 0.0) -> list[dict]:
     with FakeOpenAIServer(RoleResponder()) as server:
-        ctx = PipelineContext(base_url=server.base_url, api_key="k", model="m", min_rounds=3,
-                              max_rounds=3, typo_rate=typo_rate)
-        plan = RunPlan(count=count, conversation_dir=tmp_path, distilled_dir=tmp_path / "d",
-                       scenarios=builtin_scenarios()[:1], seed=5, concurrency=count,
-                       distill=False)
+        ctx = PipelineContext(
+            base_url=server.base_url,
+            api_key="k",
+            model="m",
+            min_rounds=3,
+            max_rounds=3,
+            typo_rate=typo_rate,
+        )
+        plan = RunPlan(
+            count=count,
+            conversation_dir=tmp_path,
+            distilled_dir=tmp_path / "d",
+            scenarios=builtin_scenarios()[:1],
+            seed=5,
+            concurrency=count,
+            distill=False,
+        )
         summary = asyncio.run(run_conversations(plan, ctx, ctx, reporter))
     assert not summary.failures
     return [json.loads(p.read_text()) for p in summary.written]
