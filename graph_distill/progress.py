@@ -10,6 +10,9 @@ from typing import TextIO
 class Reporter:
     """Silent reporter (``-q``); the others override what they show."""
 
+    # Streaming replies costs client CPU on every chunk: only ask for it when it is shown.
+    shows_tokens = False
+
     def started(self, label: str, target_rounds: int) -> None: ...
 
     def round_done(self, label: str, rounds: int) -> None: ...
@@ -55,6 +58,8 @@ class LineReporter(Reporter):
 
 class LiveReporter(LineReporter):
     """Streams the conversation as it is written, as the original did (one at a time)."""
+
+    shows_tokens = True
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream or sys.stdout)

@@ -151,8 +151,9 @@ async def _stream_conversation(
     config = {"recursion_limit": recursion_limit(ctx.max_rounds)}
     output: dict[str, Any] = {}
     held_user_text: list[str] = []
+    modes = ["updates", "values", *(["messages"] if reporter.shows_tokens else [])]
     async for mode, data in conversation_graph.astream(
-        inputs, config, context=ctx, stream_mode=["messages", "updates", "values"]
+        inputs, config, context=ctx, stream_mode=modes
     ):
         if mode == "messages":
             chunk, meta = data
