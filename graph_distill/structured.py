@@ -32,6 +32,9 @@ from graph_distill.usage import Usage, add_usage, empty_usage, usage_of
 
 class Level(StrEnum):
     JSON_SCHEMA = "json_schema"
+    # JSON mode constrained by a schema: llama-cpp-python's extension, which turns the schema
+    # into a grammar, so even a tiny local model returns the right shape.
+    JSON_OBJECT_SCHEMA = "json_object_schema"
     JSON_MODE = "json_mode"
     PROMPT = "prompt"
 
@@ -297,6 +300,8 @@ async def _ask(
     if level is Level.JSON_SCHEMA:
         json_schema = {"name": spec.name, "schema": dict(spec.schema), "strict": True}
         return await _ainvoke(model, messages, {"type": "json_schema", "json_schema": json_schema})
+    if level is Level.JSON_OBJECT_SCHEMA:
+        return await _ainvoke(model, messages, {"type": "json_object", "schema": dict(spec.schema)})
     if level is Level.JSON_MODE:
         return await _ainvoke(model, messages, {"type": "json_object"})
     return await model.ainvoke(list(messages))

@@ -213,10 +213,11 @@ async def test_refused_json_schema_falls_back_to_json_mode_and_is_remembered() -
         first = await ainvoke_structured(model, MESSAGES, SPEC)
         second = await ainvoke_structured(model, MESSAGES, SPEC)
         assert formats(server.requests) == ["json_schema", "json_object", "json_object"]
-    assert first.level is second.level is Level.JSON_MODE
+    assert first.level is second.level is Level.JSON_OBJECT_SCHEMA
+    assert server.requests[1]["response_format"]["schema"] == SCHEMA
     assert first.value is not None and second.value is not None
     assert first.usage["calls"] == second.usage["calls"] == 1
-    assert working_level(model) is Level.JSON_MODE
+    assert working_level(model) is Level.JSON_OBJECT_SCHEMA
     forget_levels()
     assert working_level(model) is Level.JSON_SCHEMA
 
@@ -264,7 +265,7 @@ async def test_plain_prompt_with_tolerant_parse_when_no_response_format_is_taken
             model = model_for(proxy.base_url)
             reply = await ainvoke_structured(model, MESSAGES, SPEC)
             again = await ainvoke_structured(model, MESSAGES, SPEC)
-        assert formats(proxy.bodies) == ["json_schema", "json_object", None, None]
+        assert formats(proxy.bodies) == ["json_schema", "json_object", "json_object", None, None]
         assert server.calls == 2
     assert reply.level is again.level is Level.PROMPT
     assert reply.value == {"title": "t", "points": [{"text": "a", "turns": [1]}]}
@@ -308,3 +309,17 @@ async def test_the_models_own_extra_body_is_kept_next_to_the_response_format() -
     assert reply.value is not None
     assert body["thinking"] == {"type": "disabled"}
     assert body["response_format"]["type"] == "json_schema"
+
+
+async def test_json_mode_without_schema_when_the_schema_extension_is_refused() -> None:
+    def refused(body: dict) -> bool:
+        response_format = body.get("response_format") or {}
+        return response_format.get("type") == "json_schema" or "schema" in response_format
+
+    with FakeOpenAIServer() as server, RefusingProxy(server, refused) as proxy:
+        model = model_for(proxy.base_url)
+        reply = await ainvoke_structured(model, MESSAGES, SPEC)
+        assert formats(proxy.bodies) == ["json_schema", "json_object", "json_object"]
+        assert "schema" not in proxy.bodies[-1]["response_format"]
+    assert reply.level is Level.JSON_MODE and reply.value is not None
+    assert working_level(model) is Level.JSON_MODE
