@@ -293,6 +293,24 @@ def _repair_prompt(text: str, problem: ValueError, spec: OutputSpec) -> list[Bas
     return [HumanMessage(render_prompt("repair_json", schema=schema, problem=problem, reply=text))]
 
 
+# A grammar without bounds lets a small model write one string until max_tokens runs out.
+MAX_GRAMMAR_STRING = 200
+MAX_GRAMMAR_ITEMS = 5
+
+
+def bounded_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with every string and array given a maximum size."""
+    bounded: dict[str, Any] = {
+        key: bounded_schema(value) if isinstance(value, Mapping) else value
+        for key, value in schema.items()
+    }
+    if bounded.get("type") == "string":
+        bounded.setdefault("maxLength", MAX_GRAMMAR_STRING)
+    if bounded.get("type") == "array":
+        bounded.setdefault("maxItems", MAX_GRAMMAR_ITEMS)
+    return bounded
+
+
 async def _ask(
     model: ChatOpenAI, level: Level, messages: Sequence[BaseMessage], spec: OutputSpec
 ) -> AIMessage:
@@ -301,7 +319,8 @@ async def _ask(
         json_schema = {"name": spec.name, "schema": dict(spec.schema), "strict": True}
         return await _ainvoke(model, messages, {"type": "json_schema", "json_schema": json_schema})
     if level is Level.JSON_OBJECT_SCHEMA:
-        return await _ainvoke(model, messages, {"type": "json_object", "schema": dict(spec.schema)})
+        schema = bounded_schema(spec.schema)
+        return await _ainvoke(model, messages, {"type": "json_object", "schema": schema})
     if level is Level.JSON_MODE:
         return await _ainvoke(model, messages, {"type": "json_object"})
     return await model.ainvoke(list(messages))

@@ -21,6 +21,7 @@ from graph_distill.structured import (
     Level,
     OutputSpec,
     ainvoke_structured,
+    bounded_schema,
     coerce_to_schema,
     extract_json,
     forget_levels,
@@ -214,7 +215,8 @@ async def test_refused_json_schema_falls_back_to_json_mode_and_is_remembered() -
         second = await ainvoke_structured(model, MESSAGES, SPEC)
         assert formats(server.requests) == ["json_schema", "json_object", "json_object"]
     assert first.level is second.level is Level.JSON_OBJECT_SCHEMA
-    assert server.requests[1]["response_format"]["schema"] == SCHEMA
+    sent = server.requests[1]["response_format"]["schema"]
+    assert sent == bounded_schema(SCHEMA) and sent != SCHEMA
     assert first.value is not None and second.value is not None
     assert first.usage["calls"] == second.usage["calls"] == 1
     assert working_level(model) is Level.JSON_OBJECT_SCHEMA
@@ -323,3 +325,22 @@ async def test_json_mode_without_schema_when_the_schema_extension_is_refused() -
         assert "schema" not in proxy.bodies[-1]["response_format"]
     assert reply.level is Level.JSON_MODE and reply.value is not None
     assert working_level(model) is Level.JSON_MODE
+
+
+def test_bounded_schema_caps_every_string_and_array() -> None:
+    bounded = bounded_schema(SCHEMA)
+    strings, arrays = [], []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "string":
+                strings.append(node)
+            if node.get("type") == "array":
+                arrays.append(node)
+            for value in node.values():
+                walk(value)
+
+    walk(bounded)
+    assert strings and arrays
+    assert all("maxLength" in s for s in strings) and all("maxItems" in a for a in arrays)
+    assert "maxLength" not in json.dumps(SCHEMA)  # the original is left alone
