@@ -294,8 +294,8 @@ def _repair_prompt(text: str, problem: ValueError, spec: OutputSpec) -> list[Bas
 
 
 # A grammar without bounds lets a small model write one string until max_tokens runs out.
-MAX_GRAMMAR_STRING = 200
-MAX_GRAMMAR_ITEMS = 5
+MAX_GRAMMAR_STRING = 160
+MAX_GRAMMAR_ITEMS = 4
 
 
 def bounded_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
