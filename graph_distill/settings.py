@@ -55,7 +55,8 @@ def is_mimo(base_url: str) -> bool:
 
 
 def _dotenv(cwd: Path | None) -> Mapping[str, str | None]:
-    path = (cwd or Path.cwd()) / ".env"
+    # Relative, not Path.cwd(): os.getcwd counts as a blocking call inside langgraph dev.
+    path = (cwd or Path()) / ".env"
     return dotenv_values(path) if path.is_file() else {}
 
 
