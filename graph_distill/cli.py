@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from graph_distill.context import PipelineContext
+from graph_distill.durability import ResumeError, latest_unfinished_run, setting_differences
 from graph_distill.formats import SourceConversation, distilled_path, find_inputs
 from graph_distill.local_model import LocalModelError, LocalModelServer
 from graph_distill.models import chat_model, describe_error
@@ -26,6 +27,7 @@ from graph_distill.runner import (
     RunSummary,
     distill_inputs,
     run_conversations,
+    run_settings,
 )
 from graph_distill.scenarios import (
     Scenario,
@@ -37,6 +39,7 @@ from graph_distill.settings import ConfigError, ModelSettings, require_usable, r
 
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 RATE = click.FloatRange(0.0, 1.0)
 POSITIVE = click.IntRange(min=1)
 # The embedded model's context is small: keep prompts and replies within it.
@@ -203,20 +206,32 @@ def _finish(summary: RunSummary, quiet: bool) -> None:
         click.echo("Failed:", err=True)
         for label, reason in summary.failures:
             click.echo(f"  {label}: {reason}", err=True)
+    if summary.unfinished:
+        click.echo(
+            f"{summary.unfinished} conversation(s) unfinished: "
+            "run the same command with --resume to retry them",
+            err=True,
+        )
     if not quiet or summary.failures:
         click.echo(summary.closing_line(), err=True)
     sys.exit(EXIT_FAILURES if summary.failures else 0)
 
 
-def _execute(flags: dict[str, Any], quiet: bool, work: Callable[[ModelSettings, bool], Any]) -> Any:
+def _execute(
+    flags: dict[str, Any],
+    quiet: bool,
+    work: Callable[[ModelSettings, bool], Any],
+    interrupted: str = "error: interrupted",
+) -> Any:
     """Run ``work`` inside a model session, turning known failures into plain exits."""
     try:
         with model_session(flags, quiet) as (settings, local):
             return work(settings, local)
-    except (ConfigError, LocalModelError, ScenarioError, FatalRunError) as error:
+    except (ConfigError, LocalModelError, ScenarioError, FatalRunError, ResumeError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        click.echo(interrupted, err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _scenario_pool(names: tuple[str, ...], scenarios_file: Path | None) -> list[Scenario]:
@@ -289,46 +304,53 @@ def _scenario_pool(names: tuple[str, ...], scenarios_file: Path | None) -> list[
     help="Share of USER MESSAGES (per message, not per word) that get typos or grammar slips.",
 )
 @click.option("--no-distill", is_flag=True, help="Only generate; do not distill.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Finish the latest unfinished run in -c: give the same options (--seed may be left "
+    "out). Saved files are kept, unfinished conversations go on from their last round, and "
+    "-n stays the total.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No live text or progress; errors only.")
 @model_options
 def run(**kwargs: Any) -> None:
-    """Generate conversations, then distill each one as soon as it is saved."""
+    """Generate conversations, then distill each one as soon as it is saved.
+
+    Progress is checkpointed in -c: after a crash or Ctrl-C, the same command with --resume
+    goes on where the run stopped.
+    """
     flags = _model_flags(kwargs)
     if kwargs["min_rounds"] > kwargs["max_rounds"]:
         raise click.BadParameter(
             "--min-rounds must not exceed --max-rounds", param_hint="--min-rounds"
         )
     quiet = kwargs["quiet"]
-    seed = kwargs["seed"] if kwargs["seed"] is not None else random.SystemRandom().randrange(10**6)
+    graph_settings = {
+        name: kwargs[name]
+        for name in (
+            "min_rounds",
+            "max_rounds",
+            "typo_rate",
+            "split_method",
+            "max_tokens",
+            "overlap_tokens",
+            "max_turns",
+        )
+    }
+    try:
+        plan = _run_plan(kwargs, PipelineContext(**graph_settings))
+    except (ScenarioError, ResumeError) as error:
+        _fail(str(error))
 
     def work(settings: ModelSettings, local: bool) -> RunSummary:
-        pool = _scenario_pool(kwargs["scenario_names"], kwargs["scenarios_file"])
-        ctx = build_context(
-            settings,
-            local,
-            min_rounds=kwargs["min_rounds"],
-            max_rounds=kwargs["max_rounds"],
-            typo_rate=kwargs["typo_rate"],
-            split_method=kwargs["split_method"],
-            max_tokens=kwargs["max_tokens"],
-            overlap_tokens=kwargs["overlap_tokens"],
-            max_turns=kwargs["max_turns"],
-        )
-        plan = RunPlan(
-            count=kwargs["num_conversations"],
-            conversation_dir=kwargs["conversation_dir"],
-            distilled_dir=kwargs["distilled_dir"],
-            scenarios=pool,
-            seed=seed,
-            concurrency=kwargs["concurrency"],
-            distill=not kwargs["no_distill"],
-        )
+        ctx = build_context(settings, local, **graph_settings)
         reporter = choose_reporter(
             quiet=quiet, tty=sys.stdout.isatty(), concurrent_items=min(plan.count, plan.concurrency)
         )
         if not quiet:
+            doing = f"Resuming run {plan.run_id}:" if plan.run_id else "Generating"
             click.echo(
-                f"Generating {plan.count} conversation(s) with seed {seed} "
+                f"{doing} {plan.count} conversation(s) with seed {plan.seed} "
                 f"({settings.model_for('assistant')} at {settings.base_url})",
                 err=True,
             )
@@ -337,7 +359,38 @@ def run(**kwargs: Any) -> None:
         finally:
             reporter.close()
 
-    _finish(_execute(flags, quiet, work), quiet)
+    interrupted = "interrupted: to go on, run the same command with --resume"
+    _finish(_execute(flags, quiet, work, interrupted), quiet)
+
+
+def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPlan:
+    """A new run's plan; with --resume, the plan finishing the latest unfinished run of the
+    conversation directory (ResumeError when there is none or it had other settings)."""
+    seed = kwargs["seed"]
+    plan = RunPlan(
+        count=kwargs["num_conversations"],
+        conversation_dir=kwargs["conversation_dir"],
+        distilled_dir=kwargs["distilled_dir"],
+        scenarios=_scenario_pool(kwargs["scenario_names"], kwargs["scenarios_file"]),
+        seed=seed if seed is not None else random.SystemRandom().randrange(10**6),
+        concurrency=kwargs["concurrency"],
+        distill=not kwargs["no_distill"],
+    )
+    if not kwargs["resume"]:
+        return plan
+    previous = latest_unfinished_run(plan.conversation_dir)
+    if previous is None:
+        raise ResumeError(f"nothing to resume: no unfinished run in {plan.conversation_dir}")
+    if seed is None:
+        plan = replace(plan, seed=previous.settings["seed"])
+    current = run_settings(plan, graph_settings, graph_settings)
+    differences = setting_differences(previous.settings, current)
+    if differences:
+        raise ResumeError(
+            f"cannot resume run {previous.run_id}: it was started with other settings\n  "
+            + "\n  ".join(differences)
+        )
+    return replace(plan, run_id=previous.run_id)
 
 
 @main.command()

@@ -19,6 +19,11 @@ class ModelContext:
     model: str | None = setting(None, "Model for every role unless overridden (MIMO_MODEL).")
     request_timeout: float = setting(120.0, "Seconds before one model request times out.")
     max_retries: int = setting(3, "Client retries for 429/5xx/timeouts (Retry-After honoured).")
+    requests_per_minute: float | None = setting(
+        None,
+        "Most model requests per minute across the whole run, all roles and retries included "
+        "(None: no cap).",
+    )
 
 
 @dataclass(kw_only=True)

@@ -18,6 +18,7 @@ from graph_distill.settings import (
     require_usable,
     resolve_settings,
 )
+from graph_distill.throttle import RunThrottle, ThrottledAsyncClient, shared_throttle
 
 Role = Literal["user", "assistant", "distill"]
 
@@ -47,6 +48,7 @@ def chat_model(
 ) -> ChatOpenAI:
     """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``."""
     settings = require_usable(_settings(context, role))
+    loop = _running_loop()
     return _build(
         base_url=settings.base_url,
         api_key=settings.api_key or KEYLESS_PLACEHOLDER,
@@ -56,7 +58,8 @@ def chat_model(
         timeout=context.request_timeout,
         max_retries=context.max_retries,
         streams=role == "assistant",
-        loop=_running_loop(),
+        loop=loop,
+        throttle=shared_throttle(context.requests_per_minute, loop),
     )
 
 
@@ -79,10 +82,12 @@ def _build(
     max_retries: int,
     streams: bool,
     loop: asyncio.AbstractEventLoop | None,
+    throttle: RunThrottle,
 ) -> ChatOpenAI:
     # Cached: a new client per call would cost connection setup on every model call. One per
     # event loop: an async HTTP client cannot be used after the loop it connected in closes.
-    http_async_client = openai.DefaultAsyncHttpxClient() if loop is not None else None
+    # Every request of the run (retries included) goes through the run's one throttle.
+    http_async_client = ThrottledAsyncClient(throttle) if loop is not None else None
     extra_body = {"thinking": {"type": "disabled"}} if is_mimo(base_url) else None
     return ChatOpenAI(
         base_url=base_url,

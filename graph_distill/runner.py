@@ -1,35 +1,54 @@
-"""Batch runner: many conversations at once, each saved and distilled as soon as it ends."""
+"""Batch runner: many conversations at once, each saved and distilled as soon as it ends.
+
+Runs are durable: both graphs run with a checkpointer (one SQLite database in the conversation
+directory, thread id = conversation id) and a manifest records how far each conversation got,
+so a killed or interrupted run resumes where it stopped (``RunPlan.run_id``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import openai
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
 
 from graph_distill.context import ConversationContext, DistillContext
-from graph_distill.conversation_graph import conversation_graph, recursion_limit
-from graph_distill.distill_graph import distill_graph
+from graph_distill.conversation_graph import conversation_builder, recursion_limit
+from graph_distill.distill_graph import distill_builder, distill_graph
+from graph_distill.durability import (
+    ItemStatus,
+    RunCheckpointSaver,
+    RunItem,
+    RunManifest,
+    open_store,
+)
 from graph_distill.formats import (
     SourceConversation,
     conversation_file,
     distilled_file,
     distilled_path,
     read_conversations,
+    reserve_conversation_path,
     write_json_atomic,
-    write_new_conversation,
 )
 from graph_distill.models import describe_error, model_name
 from graph_distill.progress import Reporter
 from graph_distill.scenarios import Scenario, pick_scenario
 from graph_distill.usage import Usage, add_usage, empty_usage
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
 
 
 class FatalRunError(RuntimeError):
@@ -45,6 +64,8 @@ class RunPlan:
     seed: int
     concurrency: int = 4
     distill: bool = True
+    # An unfinished run recorded in conversation_dir to finish; None starts a new run.
+    run_id: str | None = None
 
 
 @dataclass
@@ -52,10 +73,15 @@ class RunSummary:
     written: list[Path] = field(default_factory=list)
     distilled: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    # Conversation files an earlier, interrupted attempt of the run had already saved.
+    kept: list[Path] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     rounds: int = 0
     usage: Usage = field(default_factory=empty_usage)
     started: float = field(default_factory=time.monotonic)
+    run_id: str | None = None
+    # Conversations of the run not yet saved (and distilled): what --resume would retry.
+    unfinished: int = 0
 
     def add_usage(self, usage: Usage | None) -> None:
         self.usage = add_usage(self.usage, usage)
@@ -64,6 +90,7 @@ class RunSummary:
         u = self.usage
         seconds = time.monotonic() - self.started
         parts = [
+            f"{len(self.kept)} kept from before" if self.kept else "",
             f"{len(self.written)} conversation file(s) written ({self.rounds} rounds)"
             if self.written or not self.distilled
             else "",
@@ -82,30 +109,222 @@ def conversation_seed(run_seed: int, index: int) -> int:
     return random.Random(f"{run_seed}:{index}").randrange(2**31)
 
 
+def run_settings(
+    plan: RunPlan, conversation_ctx: ConversationContext, distill_ctx: DistillContext
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it finishes (as JSON values)."""
+    texts = json.dumps([s.to_record() for s in plan.scenarios], sort_keys=True)
+    settings: dict[str, Any] = {
+        "count": plan.count,
+        "seed": plan.seed,
+        "min_rounds": conversation_ctx.min_rounds,
+        "max_rounds": conversation_ctx.max_rounds,
+        "typo_rate": conversation_ctx.typo_rate,
+        "scenarios": [s.key for s in plan.scenarios],
+        "scenario_texts": hashlib.sha256(texts.encode()).hexdigest()[:16],
+        "distill": plan.distill,
+    }
+    if plan.distill:
+        settings |= {
+            "distilled_dir": str(Path(plan.distilled_dir).absolute()),
+            "split_method": distill_ctx.split_method,
+            "max_tokens": distill_ctx.max_tokens,
+            "overlap_tokens": distill_ctx.overlap_tokens,
+            "max_turns": distill_ctx.max_turns,
+        }
+    return settings
+
+
 async def run_conversations(
     plan: RunPlan,
     conversation_ctx: ConversationContext,
     distill_ctx: DistillContext,
     reporter: Reporter,
 ) -> RunSummary:
-    """Generate ``plan.count`` conversations, ``plan.concurrency`` at a time."""
-    summary = RunSummary()
-    gate = asyncio.Semaphore(plan.concurrency)
-    distills: list[asyncio.Task[None]] = []
+    """Generate ``plan.count`` conversations, ``plan.concurrency`` at a time, or finish the
+    unfinished run ``plan.run_id`` (ResumeError when the directory has no such run)."""
+    async with open_store(plan.conversation_dir) as (saver, manifest):
+        if plan.run_id is None:
+            settings = run_settings(plan, conversation_ctx, distill_ctx)
+            run_id = (await manifest.create(settings, plan.count)).run_id
+        else:
+            run_id = (await manifest.get(plan.run_id)).run_id
+        run = _DurableRun(plan, conversation_ctx, distill_ctx, reporter, manifest, run_id, saver)
+        await run.execute()
+    return run.summary
 
-    async def one(index: int) -> None:
-        async with gate:
-            path, record = await _generate(index, plan, conversation_ctx, reporter, summary)
-        if path is not None and plan.distill:
-            distills.append(
-                asyncio.create_task(
-                    _distill_saved(path, record, plan, distill_ctx, reporter, summary)
-                )
+
+class _DurableRun:
+    """One run's conversations: generated, saved and distilled, each step recorded."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        conversation_ctx: ConversationContext,
+        distill_ctx: DistillContext,
+        reporter: Reporter,
+        manifest: RunManifest,
+        run_id: str,
+        saver: RunCheckpointSaver,
+    ) -> None:
+        self.plan = plan
+        self.conversation_ctx = conversation_ctx
+        self.distill_ctx = distill_ctx
+        self.reporter = reporter
+        self.manifest = manifest
+        self.run_id = run_id
+        self.saver = saver
+        self.summary = RunSummary(run_id=run_id)
+        self.conversation_graph = conversation_builder.compile(
+            checkpointer=saver, name="conversation"
+        )
+        self.distill_graph = distill_builder.compile(checkpointer=saver, name="distill")
+        self.gate = asyncio.Semaphore(plan.concurrency)
+
+    async def execute(self) -> None:
+        distills: list[asyncio.Task[None]] = []
+
+        async def one(item: RunItem) -> None:
+            source = await self._conversation(item)
+            if source is not None and self.plan.distill:
+                distills.append(asyncio.create_task(self._distill(item, source)))
+
+        try:
+            await _gather_or_abort([one(item) for item in await self.manifest.items(self.run_id)])
+            await _gather_or_abort(distills)
+        finally:
+            await _cancel(distills)
+        await self._close_if_complete()
+
+    async def _conversation(self, item: RunItem) -> SourceConversation | None:
+        """The saved conversation, generated now or before; None when it failed or when an
+        earlier attempt already distilled it."""
+        if item.status is ItemStatus.WRITING and _holds(item.conversation_path, item):
+            await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
+            item = replace(item, status=ItemStatus.SAVED)
+        if item.status in (ItemStatus.SAVED, ItemStatus.DISTILLED):
+            return self._kept(item)
+        async with self.gate:
+            return await self._generate(item)
+
+    def _kept(self, item: RunItem) -> SourceConversation | None:
+        assert item.conversation_path is not None
+        self.summary.kept.append(item.conversation_path)
+        if item.status is ItemStatus.DISTILLED or not self.plan.distill:
+            return None
+        try:
+            return read_conversations(item.conversation_path)[0]
+        except ValueError as error:
+            self.summary.failures.append((str(item.conversation_path), str(error)))
+            self.reporter.failed(str(item.conversation_path), str(error))
+            return None
+
+    async def _generate(self, item: RunItem) -> SourceConversation | None:
+        ctx = self.conversation_ctx
+        seed = conversation_seed(self.plan.seed, item.index)
+        scenario = pick_scenario(self.plan.scenarios, random.Random(seed))
+        label = f"#{item.index + 1} {scenario.key}"
+        config: RunnableConfig = {
+            "configurable": {"thread_id": item.conversation_id},
+            "recursion_limit": recursion_limit(ctx.max_rounds),
+        }
+        snapshot = await self.conversation_graph.aget_state(config)
+        inputs: dict[str, Any] | None = None
+        held_user_text: list[str] = []
+        if snapshot.created_at is None:
+            inputs = {
+                "scenario": scenario.to_record(),
+                "scenario_key": scenario.key,
+                "seed": seed,
+                "conversation_id": item.conversation_id,
+            }
+            await self.manifest.set_status(self.run_id, item.index, ItemStatus.GENERATING)
+        else:
+            held_user_text = _report_resumed(snapshot.values, label, self.reporter)
+        try:
+            output = await _stream_conversation(
+                self.conversation_graph, inputs, config, ctx, label, self.reporter, held_user_text
             )
+        except Exception as error:
+            _record_failure(self.summary, self.reporter, label, error)
+            return None
+        record = output["conversation_record"]
+        path = await self._save(item, scenario.key, record)
+        await self.saver.adelete_thread(item.conversation_id)
+        self.summary.written.append(path)
+        self.summary.rounds += record["total_rounds"]
+        self.summary.add_usage(record["metadata"]["usage"])
+        self.reporter.saved(label, str(path), record["total_rounds"])
+        return SourceConversation(
+            source=str(path), stem=path.stem, messages=record["conversation"], record=record
+        )
 
-    await _gather_or_abort([one(i) for i in range(plan.count)])
-    await _gather_or_abort(distills)
-    return summary
+    async def _save(self, item: RunItem, scenario_key: str, record: dict[str, Any]) -> Path:
+        """Write the conversation under a new name, recorded before the write so that a crash
+        in between cannot lead to a second file of it."""
+        data = conversation_file(record)
+        while True:
+            path = reserve_conversation_path(
+                self.plan.conversation_dir, scenario_key, datetime.now()
+            )
+            await self.manifest.set_status(
+                self.run_id, item.index, ItemStatus.WRITING, conversation_path=path
+            )
+            try:
+                write_json_atomic(path, data, overwrite=False)
+            except FileExistsError:
+                if not os.path.lexists(path):
+                    raise
+                continue
+            await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
+            return path
+
+    async def _distill(self, item: RunItem, source: SourceConversation) -> None:
+        out_path = distilled_path(self.plan.distilled_dir, source.stem)
+        written = await distill_source(
+            source,
+            out_path,
+            self.distill_ctx,
+            self.plan.concurrency,
+            self.reporter,
+            self.summary,
+            graph=self.distill_graph,
+            thread_id=item.distill_thread,
+        )
+        if written:
+            await self.manifest.set_status(
+                self.run_id, item.index, ItemStatus.DISTILLED, distilled_path=out_path
+            )
+            await self.saver.adelete_thread(item.distill_thread)
+
+    async def _close_if_complete(self) -> None:
+        """Once every conversation is done, drop the run's checkpoints and mark it complete."""
+        done = ItemStatus.DISTILLED if self.plan.distill else ItemStatus.SAVED
+        items = await self.manifest.items(self.run_id)
+        self.summary.unfinished = sum(item.status is not done for item in items)
+        if self.summary.unfinished:
+            return
+        for item in items:
+            await self.saver.adelete_thread(item.conversation_id)
+            await self.saver.adelete_thread(item.distill_thread)
+        await self.manifest.mark_complete(self.run_id)
+
+
+def _holds(path: Path | None, item: RunItem) -> bool:
+    """Whether ``path`` is the saved file of ``item`` (files are written whole or not at all)."""
+    if path is None:
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("id") == item.conversation_id
+
+
+async def _cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _gather_or_abort(jobs: Sequence[Awaitable[None]]) -> None:
@@ -113,48 +332,34 @@ async def _gather_or_abort(jobs: Sequence[Awaitable[None]]) -> None:
     try:
         await asyncio.gather(*tasks)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel(tasks)
 
 
-async def _generate(
-    index: int,
-    plan: RunPlan,
-    ctx: ConversationContext,
-    reporter: Reporter,
-    summary: RunSummary,
-) -> tuple[Path | None, dict[str, Any]]:
-    seed = conversation_seed(plan.seed, index)
-    scenario = pick_scenario(plan.scenarios, random.Random(seed))
-    label = f"#{index + 1} {scenario.key}"
-    inputs = {"scenario": scenario.to_record(), "scenario_key": scenario.key, "seed": seed}
-    try:
-        output = await _stream_conversation(inputs, ctx, label, reporter)
-    except Exception as error:
-        _record_failure(summary, reporter, label, error)
-        return None, {}
-    record = output["conversation_record"]
-    path = write_new_conversation(
-        plan.conversation_dir, scenario.key, datetime.now(), conversation_file(record)
-    )
-    summary.written.append(path)
-    summary.rounds += record["total_rounds"]
-    summary.add_usage(record["metadata"]["usage"])
-    reporter.saved(label, str(path), record["total_rounds"])
-    return path, record
+def _report_resumed(values: dict[str, Any], label: str, reporter: Reporter) -> list[str]:
+    """Show where a resumed conversation stands; the latest user message, for the progress."""
+    target = values.get("target_rounds")
+    if target is not None:
+        rounds = values.get("rounds", 0)
+        reporter.started(label, target)
+        reporter.round_done(label, rounds)
+        reporter.note(f"{label}: resumed at round {rounds} of {target}")
+    messages = values.get("conversation_messages") or []
+    return [messages[-1].text] if messages and isinstance(messages[-1], HumanMessage) else []
 
 
 async def _stream_conversation(
-    inputs: dict[str, Any], ctx: ConversationContext, label: str, reporter: Reporter
+    graph: Graph,
+    inputs: dict[str, Any] | None,
+    config: RunnableConfig,
+    ctx: ConversationContext,
+    label: str,
+    reporter: Reporter,
+    held_user_text: list[str],
 ) -> dict[str, Any]:
-    config = {"recursion_limit": recursion_limit(ctx.max_rounds)}
+    """Run (or, with no ``inputs``, resume) one conversation; its final values."""
     output: dict[str, Any] = {}
-    held_user_text: list[str] = []
     modes = ["updates", "values", *(["messages"] if reporter.shows_tokens else [])]
-    async for mode, data in conversation_graph.astream(
-        inputs, config, context=ctx, stream_mode=modes
-    ):
+    async for mode, data in graph.astream(inputs, config, context=ctx, stream_mode=modes):
         if mode == "messages":
             chunk, meta = data
             if meta.get("langgraph_node") == "respond" and isinstance(chunk, AIMessageChunk):
@@ -178,7 +383,9 @@ def _report_update(
             held_user_text[:] = [values["conversation_messages"][-1].text]
         elif node == "add_noise":
             noised = values.get("conversation_messages")
-            reporter.user_message(label, noised[-1].text if noised else held_user_text[0])
+            shown = [noised[-1].text] if noised else held_user_text
+            if shown:
+                reporter.user_message(label, shown[0])
         elif node == "respond":
             reporter.round_done(label, values["rounds"])
         elif node == "switch_topic":
@@ -194,27 +401,6 @@ def _record_failure(summary: RunSummary, reporter: Reporter, label: str, error: 
     reporter.failed(label, reason)
 
 
-async def _distill_saved(
-    path: Path,
-    record: dict[str, Any],
-    plan: RunPlan,
-    ctx: DistillContext,
-    reporter: Reporter,
-    summary: RunSummary,
-) -> None:
-    source = SourceConversation(
-        source=str(path), stem=path.stem, messages=record["conversation"], record=record
-    )
-    await distill_source(
-        source,
-        distilled_path(plan.distilled_dir, path.stem),
-        ctx,
-        plan.concurrency,
-        reporter,
-        summary,
-    )
-
-
 async def distill_source(
     source: SourceConversation,
     out_path: Path,
@@ -222,15 +408,24 @@ async def distill_source(
     concurrency: int,
     reporter: Reporter,
     summary: RunSummary,
-) -> None:
-    """Distill one conversation into ``out_path``; failures are recorded, not raised."""
+    *,
+    graph: Graph = distill_graph,
+    thread_id: str | None = None,
+) -> bool:
+    """Distill one conversation into ``out_path``; failures are recorded, not raised. With a
+    ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut short goes
+    on where it stopped: chunks already distilled are not asked again. True when written."""
+    config: RunnableConfig = {"max_concurrency": concurrency}
+    inputs: dict[str, Any] | None = {"conversation": source.messages}
+    if thread_id is not None:
+        config["configurable"] = {"thread_id": thread_id}
+        if (await graph.aget_state(config)).created_at is not None:
+            inputs = None
     try:
-        result = await distill_graph.ainvoke(
-            {"conversation": source.messages}, {"max_concurrency": concurrency}, context=ctx
-        )
+        result = await graph.ainvoke(inputs, config, context=ctx)
     except Exception as error:
         _record_failure(summary, reporter, source.source, error)
-        return
+        return False
     metadata = {
         "model": model_name(ctx, "distill"),
         "split_method": ctx.split_method,
@@ -250,6 +445,7 @@ async def distill_source(
     summary.distilled.append(out_path)
     summary.add_usage(result["distill_usage"])
     reporter.distilled(source.source, str(out_path))
+    return True
 
 
 async def distill_inputs(
