@@ -42,8 +42,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 RATE = click.FloatRange(0.0, 1.0)
 POSITIVE = click.IntRange(min=1)
-# The embedded model's context is small: keep prompts and replies within it.
+# The embedded model's context is small: keep prompts and replies within it. Its server
+# answers one request at a time, so requests queue: give them time.
 LOCAL_LIMITS = {
+    "request_timeout": 900.0,
     "history_budget_tokens": 2500,
     "max_output_tokens": 300,
     "distill_max_output_tokens": 600,
@@ -344,6 +346,10 @@ def run(**kwargs: Any) -> None:
 
     def work(settings: ModelSettings, local: bool) -> RunSummary:
         ctx = build_context(settings, local, **graph_settings)
+        if local:
+            # One slot serves every request: interleaved conversations would only evict each
+            # other's cached prompts.
+            plan.concurrency = 1
         reporter = choose_reporter(
             quiet=quiet, tty=sys.stdout.isatty(), concurrent_items=min(plan.count, plan.concurrency)
         )
