@@ -116,12 +116,13 @@ def _server_env() -> dict[str, str]:
 
 
 def _parent_death_hook() -> Callable[[], None] | None:
-    """A pre-exec hook making the kernel SIGTERM the server if we die without cleaning up."""
+    """A pre-exec hook making the kernel kill the server if we die without cleaning up
+    (SIGKILL: it holds no state, and SIGTERM waits for the computation in flight)."""
     # The signal fires when the launching thread ends, so only the main thread may use it.
     if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _log_tail(log_path: Path) -> str:
