@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlparse
 
 import openai
 from langchain_openai import ChatOpenAI
@@ -89,6 +90,10 @@ def _build(
     # Every request of the run (retries included) goes through the run's one throttle.
     http_async_client = ThrottledAsyncClient(throttle) if loop is not None else None
     extra_body = {"thinking": {"type": "disabled"}} if is_mimo(base_url) else None
+    if not is_mimo(base_url) and urlparse(base_url).hostname != "api.openai.com":
+        # ChatOpenAI sends only max_completion_tokens; llama.cpp-style servers read max_tokens
+        # and would otherwise generate until the context is full.
+        extra_body = {"max_tokens": max_tokens}
     return ChatOpenAI(
         base_url=base_url,
         api_key=api_key,
