@@ -12,16 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from graph_distill.settings import ENV_NAMES
-
-# Off by default until the hang seen after the durable-run/throttle changes is fixed: a run on
-# the embedded model stalled after its first reply. Set GRAPH_DISTILL_LOCAL_E2E=1 to run it.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("GRAPH_DISTILL_LOCAL_E2E") != "1",
-    reason="embedded-model end-to-end run is opt-in (GRAPH_DISTILL_LOCAL_E2E=1)",
-)
 
 
 def test_run_on_the_embedded_model_writes_conversations_and_distillations(
