@@ -17,7 +17,13 @@ import click
 
 from graph_distill.context import PipelineContext
 from graph_distill.durability import ResumeError, latest_unfinished_run, setting_differences
-from graph_distill.formats import SourceConversation, distilled_path, find_inputs
+from graph_distill.formats import (
+    SourceConversation,
+    distilled_path,
+    ensure_writable_dir,
+    find_inputs,
+)
+from graph_distill.ledger import MIMO_V2_FLASH_PRICES, Prices, prices_with
 from graph_distill.local_model import LocalModelError, LocalModelServer
 from graph_distill.models import chat_model, describe_error
 from graph_distill.progress import LineReporter, choose_reporter
@@ -125,6 +131,56 @@ def split_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+PRICE = click.FloatRange(min=0.0)
+
+
+def cost_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Request pacing and the prices of the cost estimate (run and distill)."""
+    defaults = MIMO_V2_FLASH_PRICES
+    options = [
+        click.option(
+            "--rpm",
+            type=click.FloatRange(min=0.0, min_open=True),
+            help="Most model requests per minute across the whole run, retries included. "
+            "Default: no cap (429s are still retried, honouring Retry-After).",
+        ),
+        click.option(
+            "--price-input",
+            type=PRICE,
+            help=f"USD per 1M uncached input tokens, for the cost estimate "
+            f"(default {defaults.input:g}, mimo-v2-flash).",
+        ),
+        click.option(
+            "--price-cached",
+            type=PRICE,
+            help=f"USD per 1M cached input tokens (default {defaults.cached_input:g}).",
+        ),
+        click.option(
+            "--price-output",
+            type=PRICE,
+            help=f"USD per 1M output tokens (default {defaults.output:g}).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prices(kwargs: dict[str, Any]) -> Prices:
+    return prices_with(
+        input=kwargs.pop("price_input"),
+        cached_input=kwargs.pop("price_cached"),
+        output=kwargs.pop("price_output"),
+    )
+
+
+def _require_writable(directory: Path, option: str) -> None:
+    try:
+        ensure_writable_dir(directory)
+    except OSError as error:
+        _fail(f"{option} {directory} cannot be written: {error.strerror or error}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="graph-distill")
 def main() -> None:
@@ -208,12 +264,23 @@ def _finish(summary: RunSummary, quiet: bool) -> None:
         click.echo("Failed:", err=True)
         for label, reason in summary.failures:
             click.echo(f"  {label}: {reason}", err=True)
-    if summary.unfinished:
+    if summary.not_started:
+        click.echo(
+            f"{summary.not_started} conversation(s) not started: "
+            f"{summary.ledger.budget.message()}. To generate them, run the same command with "
+            "--resume (and a larger --budget-tokens)",
+            err=True,
+        )
+    elif summary.unfinished:
         click.echo(
             f"{summary.unfinished} conversation(s) unfinished: "
             "run the same command with --resume to retry them",
             err=True,
         )
+    if not quiet:
+        click.echo(summary.ledger.table(), err=True)
+        if summary.report_path is not None:
+            click.echo(f"Report: {summary.report_path}", err=True)
     if not quiet or summary.failures:
         click.echo(summary.closing_line(), err=True)
     sys.exit(EXIT_FAILURES if summary.failures else 0)
@@ -313,15 +380,24 @@ def _scenario_pool(names: tuple[str, ...], scenarios_file: Path | None) -> list[
     "out). Saved files are kept, unfinished conversations go on from their last round, and "
     "-n stays the total.",
 )
+@click.option(
+    "--budget-tokens",
+    type=POSITIVE,
+    help="Start no new conversation once this many tokens (input + output, generation and "
+    "distillation) have been spent; running ones finish. Default: no budget.",
+)
+@cost_options
 @click.option("-q", "--quiet", is_flag=True, help="No live text or progress; errors only.")
 @model_options
 def run(**kwargs: Any) -> None:
     """Generate conversations, then distill each one as soon as it is saved.
 
     Progress is checkpointed in -c: after a crash or Ctrl-C, the same command with --resume
-    goes on where the run stopped.
+    goes on where the run stopped. The run ends with a table of calls, tokens and estimated
+    cost, also written to run_report.json in -c.
     """
     flags = _model_flags(kwargs)
+    rpm = kwargs.pop("rpm")
     if kwargs["min_rounds"] > kwargs["max_rounds"]:
         raise click.BadParameter(
             "--min-rounds must not exceed --max-rounds", param_hint="--min-rounds"
@@ -343,9 +419,12 @@ def run(**kwargs: Any) -> None:
         plan = _run_plan(kwargs, PipelineContext(**graph_settings))
     except (ScenarioError, ResumeError) as error:
         _fail(str(error))
+    _require_writable(plan.conversation_dir, "-c/--conversation-dir")
+    if plan.distill:
+        _require_writable(plan.distilled_dir, "-d/--distilled-dir")
 
     def work(settings: ModelSettings, local: bool) -> RunSummary:
-        ctx = build_context(settings, local, **graph_settings)
+        ctx = build_context(settings, local, requests_per_minute=rpm, **graph_settings)
         if local:
             # One slot serves every request: interleaved conversations would only evict each
             # other's cached prompts.
@@ -381,6 +460,8 @@ def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPla
         seed=seed if seed is not None else random.SystemRandom().randrange(10**6),
         concurrency=kwargs["concurrency"],
         distill=not kwargs["no_distill"],
+        budget_tokens=kwargs["budget_tokens"],
+        prices=_prices(kwargs),
     )
     if not kwargs["resume"]:
         return plan
@@ -418,11 +499,18 @@ def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPla
 @click.option("-b", "--batch", is_flag=True, help="Distill every .json/.jsonl file in -i.")
 @split_options
 @click.option("--force", is_flag=True, help="Redo inputs whose output already exists.")
+@cost_options
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @model_options
 def distill(**kwargs: Any) -> None:
-    """Distill existing conversation files into notes and a summary."""
+    """Distill existing conversation files into notes and a summary.
+
+    Ends with a table of calls, tokens and estimated cost, also written to run_report.json
+    beside the distilled files.
+    """
     flags = _model_flags(kwargs)
+    rpm = kwargs.pop("rpm")
+    prices = _prices(kwargs)
     input_path: Path = kwargs["input_path"]
     if input_path.is_dir() and not kwargs["batch"]:
         raise click.BadParameter(
@@ -434,11 +522,14 @@ def distill(**kwargs: Any) -> None:
     output: Path | None = kwargs["output"]
     single_file_output = output is not None and not kwargs["batch"] and output.suffix == ".json"
 
+    default_dir = output if output is not None and not single_file_output else Path("distilled")
+    report_dir = output.parent if single_file_output and output is not None else default_dir
+    _require_writable(report_dir, "-o/--output")
+
     def out_for(source: SourceConversation) -> Path:
         if single_file_output and output is not None and "#" not in source.source:
             return output
-        directory = output if output is not None and not single_file_output else Path("distilled")
-        return distilled_path(directory, source.stem)
+        return distilled_path(default_dir, source.stem)
 
     quiet = kwargs["quiet"]
 
@@ -450,6 +541,7 @@ def distill(**kwargs: Any) -> None:
             max_tokens=kwargs["max_tokens"],
             overlap_tokens=kwargs["overlap_tokens"],
             max_turns=kwargs["max_turns"],
+            requests_per_minute=rpm,
         )
         reporter = (
             LineReporter()
@@ -464,6 +556,8 @@ def distill(**kwargs: Any) -> None:
                 concurrency=kwargs["concurrency"],
                 force=kwargs["force"],
                 reporter=reporter,
+                prices=prices,
+                report_dir=report_dir,
             )
         )
 

@@ -121,6 +121,16 @@ def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:
         raise
 
 
+def ensure_writable_dir(directory: Path) -> None:
+    """Create ``directory`` if needed and prove a file can be made in it (OSError if not), so
+    that a run fails before it pays for work it could not keep."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor, probe = _create_temp(directory / "write-probe")
+    os.close(descriptor)
+    probe.unlink()
+
+
 def reserve_conversation_path(directory: Path, scenario_key: str, when: datetime) -> Path:
     """The first free ``<ScenarioKey>_<YYYYmmdd_HHMMSS>[_<n>].json`` name in ``directory``.
 

@@ -10,18 +10,20 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import ChatGeneration, LLMResult
 
 from graph_distill.context import ModelContext
-from graph_distill.formats import write_json_atomic
 from graph_distill.models import Role, model_name
 from graph_distill.settings import resolve_settings
 from graph_distill.throttle import ThrottleStats
-from graph_distill.usage import Usage, add_usage, empty_usage
+from graph_distill.usage import Usage, add_usage, empty_usage, usage_of
 
 Phase = Literal["generation", "distillation"]
 PHASES: tuple[Phase, ...] = ("generation", "distillation")
 TOKENS_PER_PRICE_UNIT = 1_000_000
-RUN_REPORT_NAME = "run_report.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,16 +101,18 @@ class _Tally:
 
 
 class CostLedger:
-    """Usage per phase and the time span each phase was at work (phases overlap in ``run``:
-    each conversation is distilled as soon as it is saved)."""
+    """Usage per phase, the time span each phase was at work (phases overlap in ``run``: each
+    conversation is distilled as soon as it is saved) and the token budget it is spent from."""
 
     def __init__(
         self,
         prices: Prices = MIMO_V2_FLASH_PRICES,
         *,
+        budget_tokens: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.prices = prices
+        self.budget = TokenBudget(budget_tokens)
         self._clock = clock
         self.started = clock()
         self.started_at = datetime.now().astimezone()
@@ -118,11 +122,16 @@ class CostLedger:
         return self._clock()
 
     def record(self, phase: Phase, usage: Mapping[str, int] | None, started: float) -> None:
-        """One finished item of ``phase`` that began at ``started`` (a ``now()`` reading)."""
+        """Work of ``phase`` that began at ``started`` (a ``now()`` reading) and ends now."""
         tally = self._tallies[phase]
         tally.usage = add_usage(tally.usage, usage)
         tally.first_start = min(tally.first_start, started)
         tally.last_end = max(tally.last_end, self._clock())
+        self.budget.spend(usage)
+
+    def callback(self, phase: Phase) -> LedgerCallback:
+        """A callback handler recording every model call of a graph run as ``phase``."""
+        return LedgerCallback(self, phase)
 
     def row(self, phase: Phase) -> LedgerRow:
         tally = self._tallies[phase]
@@ -189,6 +198,31 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+class LedgerCallback(BaseCallbackHandler):
+    """Records each model call as it ends (retried and failed items included, so the ledger
+    holds what the server billed), spanning the phase from the call's start."""
+
+    # Called in the event loop's thread, in order: no thread pool, no lock needed.
+    run_inline = True
+
+    def __init__(self, ledger: CostLedger, phase: Phase) -> None:
+        self.ledger = ledger
+        self.phase = phase
+        self._started: dict[UUID, float] = {}
+
+    def on_chat_model_start(self, *args: Any, run_id: UUID, **kwargs: Any) -> None:
+        self._started[run_id] = self.ledger.now()
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        started = self._started.pop(run_id, self.ledger.now())
+        generations = response.generations[0] if response.generations else []
+        if generations and isinstance(generations[0], ChatGeneration):
+            self.ledger.record(self.phase, usage_of(generations[0].message), started)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._started.pop(run_id, None)
+
+
 class TokenBudget:
     """Stops new conversations once ``limit_tokens`` tokens (input + output, every phase) have
     been spent; None means no limit. Conversations already running are finished, so a run may
@@ -209,8 +243,8 @@ class TokenBudget:
 
     def message(self) -> str:
         return (
-            f"Token budget reached: {self.spent_tokens:,} of {self.limit_tokens or 0:,} tokens "
-            "(input + output) spent, so no further conversations were started."
+            f"the token budget is spent ({self.spent_tokens:,} of {self.limit_tokens or 0:,} "
+            "tokens, input + output)"
         )
 
     def figures(self) -> dict[str, Any]:
@@ -222,7 +256,10 @@ class TokenBudget:
 
 
 class RunOutcome(Protocol):
-    """What ``write_run_report`` needs of a run's summary (``runner.RunSummary`` fits)."""
+    """What ``run_report`` needs of a run's summary (``runner.RunSummary`` fits)."""
+
+    @property
+    def ledger(self) -> CostLedger: ...
 
     @property
     def written(self) -> Sequence[Path]: ...
@@ -234,7 +271,16 @@ class RunOutcome(Protocol):
     def skipped(self) -> Sequence[Path]: ...
 
     @property
+    def kept(self) -> Sequence[Path]: ...
+
+    @property
     def failures(self) -> Sequence[tuple[str, str]]: ...
+
+    @property
+    def not_started(self) -> int: ...
+
+    @property
+    def unfinished(self) -> int: ...
 
 
 def report_settings(context: ModelContext) -> dict[str, Any]:
@@ -252,15 +298,14 @@ def report_settings(context: ModelContext) -> dict[str, Any]:
 
 
 def run_report(
-    *,
-    ledger: CostLedger,
-    context: ModelContext,
     outcome: RunOutcome,
-    budget: TokenBudget | None = None,
+    context: ModelContext,
+    *,
     throttle: ThrottleStats | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The figures of ``run_report.json``; ``settings`` adds run settings the context lacks."""
+    ledger = outcome.ledger
     prices = ledger.prices
     return {
         "started_at": ledger.started_at.isoformat(timespec="seconds"),
@@ -282,9 +327,12 @@ def run_report(
             "distilled": len(outcome.distilled),
             "failed": len(outcome.failures),
             "skipped": len(outcome.skipped),
+            "kept_from_before": len(outcome.kept),
+            "not_started_over_budget": outcome.not_started,
+            "unfinished": outcome.unfinished,
         },
         "failures": [{"item": item, "reason": reason} for item, reason in outcome.failures],
-        "budget": budget.figures() if budget is not None else None,
+        "budget": ledger.budget.figures(),
         "requests": _throttle_figures(throttle) if throttle is not None else None,
     }
 
@@ -296,26 +344,3 @@ def _throttle_figures(stats: ThrottleStats) -> dict[str, Any]:
         "backoff_pauses": len(stats.pauses),
         "backoff_seconds": round(stats.paused_seconds, 3),
     }
-
-
-def write_run_report(
-    path: Path,
-    *,
-    ledger: CostLedger,
-    context: ModelContext,
-    outcome: RunOutcome,
-    budget: TokenBudget | None = None,
-    throttle: ThrottleStats | None = None,
-    settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write ``run_report.json`` at ``path`` atomically; returns what was written."""
-    report = run_report(
-        ledger=ledger,
-        context=context,
-        outcome=outcome,
-        budget=budget,
-        throttle=throttle,
-        settings=settings,
-    )
-    write_json_atomic(path, report)
-    return report

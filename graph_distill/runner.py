@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 import random
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
-from graph_distill.context import ConversationContext, DistillContext
+from graph_distill.context import ConversationContext, DistillContext, ModelContext
 from graph_distill.conversation_graph import conversation_builder, recursion_limit
 from graph_distill.distill_graph import distill_builder, distill_graph
 from graph_distill.durability import (
@@ -35,6 +35,7 @@ from graph_distill.durability import (
     open_store,
 )
 from graph_distill.formats import (
+    RUN_REPORT_NAME,
     SourceConversation,
     conversation_file,
     distilled_file,
@@ -43,10 +44,18 @@ from graph_distill.formats import (
     reserve_conversation_path,
     write_json_atomic,
 )
+from graph_distill.ledger import (
+    MIMO_V2_FLASH_PRICES,
+    CostLedger,
+    Prices,
+    format_duration,
+    format_usd,
+    run_report,
+)
 from graph_distill.models import describe_error, model_name
 from graph_distill.progress import Reporter
 from graph_distill.scenarios import Scenario, pick_scenario
-from graph_distill.usage import Usage, add_usage, empty_usage
+from graph_distill.throttle import ThrottleStats, shared_throttle
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 
@@ -66,6 +75,9 @@ class RunPlan:
     distill: bool = True
     # An unfinished run recorded in conversation_dir to finish; None starts a new run.
     run_id: str | None = None
+    # Tokens (input + output, this invocation) after which no new conversation starts.
+    budget_tokens: int | None = None
+    prices: Prices = MIMO_V2_FLASH_PRICES
 
 
 @dataclass
@@ -77,18 +89,17 @@ class RunSummary:
     kept: list[Path] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     rounds: int = 0
-    usage: Usage = field(default_factory=empty_usage)
-    started: float = field(default_factory=time.monotonic)
+    ledger: CostLedger = field(default_factory=CostLedger)
     run_id: str | None = None
     # Conversations of the run not yet saved (and distilled): what --resume would retry.
     unfinished: int = 0
-
-    def add_usage(self, usage: Usage | None) -> None:
-        self.usage = add_usage(self.usage, usage)
+    # Conversations not started because the token budget was spent.
+    not_started: int = 0
+    requests: ThrottleStats | None = None
+    report_path: Path | None = None
 
     def closing_line(self) -> str:
-        u = self.usage
-        seconds = time.monotonic() - self.started
+        total = self.ledger.total()
         parts = [
             f"{len(self.kept)} kept from before" if self.kept else "",
             f"{len(self.written)} conversation file(s) written ({self.rounds} rounds)"
@@ -96,12 +107,25 @@ class RunSummary:
             else "",
             f"{len(self.distilled)} distilled file(s)" if self.distilled or self.written else "",
             f"{len(self.skipped)} skipped (already distilled)" if self.skipped else "",
-            f"tokens: {u['input_tokens']:,} in ({u['cached_tokens']:,} cached), "
-            f"{u['output_tokens']:,} out, {u['calls']:,} calls",
+            f"{total.usage['calls']:,} model calls, est. {format_usd(total.cost_usd)}",
             f"{len(self.failures)} failure(s)",
-            f"{seconds:.1f}s",
+            format_duration(total.wall_seconds or 0.0),
         ]
         return "; ".join(p for p in parts if p)
+
+    def write_report(
+        self, directory: Path, context: ModelContext, settings: dict[str, Any]
+    ) -> None:
+        """Write ``run_report.json`` into ``directory`` unless the run did nothing at all."""
+        if not (self.ledger.total().usage["calls"] or self.failures or self.not_started):
+            return
+        self.requests = shared_throttle(
+            context.requests_per_minute, asyncio.get_running_loop()
+        ).stats()
+        path = Path(directory) / RUN_REPORT_NAME
+        report = run_report(self, context, throttle=self.requests, settings=settings)
+        write_json_atomic(path, report)
+        self.report_path = path
 
 
 def conversation_seed(run_seed: int, index: int) -> int:
@@ -142,7 +166,9 @@ async def run_conversations(
     reporter: Reporter,
 ) -> RunSummary:
     """Generate ``plan.count`` conversations, ``plan.concurrency`` at a time, or finish the
-    unfinished run ``plan.run_id`` (ResumeError when the directory has no such run)."""
+    unfinished run ``plan.run_id`` (ResumeError when the directory has no such run). The run's
+    calls, tokens and cost go to ``run_report.json`` in the conversation directory, also when
+    it is cut short."""
     async with open_store(plan.conversation_dir) as (saver, manifest):
         if plan.run_id is None:
             settings = run_settings(plan, conversation_ctx, distill_ctx)
@@ -150,7 +176,15 @@ async def run_conversations(
         else:
             run_id = (await manifest.get(plan.run_id)).run_id
         run = _DurableRun(plan, conversation_ctx, distill_ctx, reporter, manifest, run_id, saver)
-        await run.execute()
+        settings = {
+            **run_settings(plan, conversation_ctx, distill_ctx),
+            "run_id": run_id,
+            "conversation_dir": str(Path(plan.conversation_dir).absolute()),
+            "concurrency": plan.concurrency,
+            "budget_tokens": plan.budget_tokens,
+        }
+        with _reported(run.summary, plan.conversation_dir, conversation_ctx, settings, RESUME_HINT):
+            await run.execute()
     return run.summary
 
 
@@ -174,7 +208,9 @@ class _DurableRun:
         self.manifest = manifest
         self.run_id = run_id
         self.saver = saver
-        self.summary = RunSummary(run_id=run_id)
+        self.summary = RunSummary(
+            run_id=run_id, ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens)
+        )
         self.conversation_graph = conversation_builder.compile(
             checkpointer=saver, name="conversation"
         )
@@ -205,6 +241,14 @@ class _DurableRun:
         if item.status in (ItemStatus.SAVED, ItemStatus.DISTILLED):
             return self._kept(item)
         async with self.gate:
+            budget = self.summary.ledger.budget
+            if budget.exhausted:
+                if not self.summary.not_started:
+                    self.reporter.note(
+                        f"{budget.message()}: no new conversation starts, running ones finish"
+                    )
+                self.summary.not_started += 1
+                return None
             return await self._generate(item)
 
     def _kept(self, item: RunItem) -> SourceConversation | None:
@@ -227,6 +271,7 @@ class _DurableRun:
         config: RunnableConfig = {
             "configurable": {"thread_id": item.conversation_id},
             "recursion_limit": recursion_limit(ctx.max_rounds),
+            "callbacks": [self.summary.ledger.callback("generation")],
         }
         snapshot = await self.conversation_graph.aget_state(config)
         inputs: dict[str, Any] | None = None
@@ -249,11 +294,11 @@ class _DurableRun:
             _record_failure(self.summary, self.reporter, label, error)
             return None
         record = output["conversation_record"]
-        path = await self._save(item, scenario.key, record)
+        with _stop_on_write_error(self.plan.conversation_dir, RESUME_HINT):
+            path = await self._save(item, scenario.key, record)
         await self.saver.adelete_thread(item.conversation_id)
         self.summary.written.append(path)
         self.summary.rounds += record["total_rounds"]
-        self.summary.add_usage(record["metadata"]["usage"])
         self.reporter.saved(label, str(path), record["total_rounds"])
         return SourceConversation(
             source=str(path), stem=path.stem, messages=record["conversation"], record=record
@@ -290,6 +335,7 @@ class _DurableRun:
             self.summary,
             graph=self.distill_graph,
             thread_id=item.distill_thread,
+            retry_hint=RESUME_HINT,
         )
         if written:
             await self.manifest.set_status(
@@ -319,6 +365,46 @@ def _holds(path: Path | None, item: RunItem) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("id") == item.conversation_id
+
+
+RESUME_HINT = "run the same command with --resume"
+RETRY_HINT = "run the same command again"
+
+
+@contextmanager
+def _stop_on_write_error(directory: Path, hint: str) -> Iterator[None]:
+    """A file that cannot be written (disk full, no permission) dooms the run: stop it with a
+    plain message instead of paying for work that cannot be kept."""
+    try:
+        yield
+    except FileExistsError:
+        raise
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise FatalRunError(
+            f"cannot write in {directory}: {reason}. Nothing half-written was left; fix that, "
+            f"then {hint}"
+        ) from error
+
+
+@contextmanager
+def _reported(
+    summary: RunSummary,
+    directory: Path,
+    context: ModelContext,
+    settings: dict[str, Any],
+    hint: str,
+) -> Iterator[None]:
+    """Write the run report once the work is over, also when it was cut short (then only if
+    that can be done: the report must not hide why the work stopped)."""
+    try:
+        yield
+    except BaseException:
+        with suppress(OSError):
+            summary.write_report(directory, context, settings)
+        raise
+    with _stop_on_write_error(directory, hint):
+        summary.write_report(directory, context, settings)
 
 
 async def _cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
@@ -411,11 +497,15 @@ async def distill_source(
     *,
     graph: Graph = distill_graph,
     thread_id: str | None = None,
+    retry_hint: str = RETRY_HINT,
 ) -> bool:
     """Distill one conversation into ``out_path``; failures are recorded, not raised. With a
     ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut short goes
     on where it stopped: chunks already distilled are not asked again. True when written."""
-    config: RunnableConfig = {"max_concurrency": concurrency}
+    config: RunnableConfig = {
+        "max_concurrency": concurrency,
+        "callbacks": [summary.ledger.callback("distillation")],
+    }
     inputs: dict[str, Any] | None = {"conversation": source.messages}
     if thread_id is not None:
         config["configurable"] = {"thread_id": thread_id}
@@ -441,9 +531,9 @@ async def distill_source(
         final_notes=result.get("final_notes"),
         metadata=metadata,
     )
-    write_json_atomic(out_path, data)
+    with _stop_on_write_error(out_path.parent, retry_hint):
+        write_json_atomic(out_path, data)
     summary.distilled.append(out_path)
-    summary.add_usage(result["distill_usage"])
     reporter.distilled(source.source, str(out_path))
     return True
 
@@ -456,9 +546,12 @@ async def distill_inputs(
     concurrency: int,
     force: bool,
     reporter: Reporter,
+    prices: Prices = MIMO_V2_FLASH_PRICES,
+    report_dir: Path | None = None,
 ) -> RunSummary:
-    """Distill every conversation in ``inputs`` (files in parallel, ``concurrency`` at once)."""
-    summary = RunSummary()
+    """Distill every conversation in ``inputs`` (files in parallel, ``concurrency`` at once);
+    with a ``report_dir``, its calls, tokens and cost go to ``run_report.json`` there."""
+    summary = RunSummary(ledger=CostLedger(prices))
     gate = asyncio.Semaphore(concurrency)
 
     async def one(source: SourceConversation) -> None:
@@ -476,5 +569,14 @@ async def distill_inputs(
         except ValueError as error:
             summary.failures.append((str(path), str(error)))
             reporter.failed(str(path), str(error))
-    await _gather_or_abort([one(s) for s in sources])
+    if report_dir is None:
+        await _gather_or_abort([one(s) for s in sources])
+        return summary
+    settings = {
+        "inputs": [str(Path(path).absolute()) for path in inputs],
+        "concurrency": concurrency,
+        "force": force,
+    }
+    with _reported(summary, report_dir, ctx, settings, RETRY_HINT):
+        await _gather_or_abort([one(s) for s in sources])
     return summary

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from graph_distill.cli import main
 from tests.fake_openai import FakeOpenAIServer, message_text
+from tests.files import json_files
 from tests.roles import RoleResponder
 
 NAME = re.compile(r"^[A-Za-z0-9]+_\d{8}_\d{6}(_\d+)?\.json$")
@@ -45,7 +46,7 @@ def run_args(server: FakeOpenAIServer, tmp: Path, *extra: str) -> list[str]:
 
 
 def conversations(tmp: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((tmp / "conv").glob("*.json"))]
+    return [json.loads(p.read_text()) for p in json_files(tmp / "conv")]
 
 
 def test_run_no_distill_writes_contract_files_in_a_subprocess(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_run_no_distill_writes_contract_files_in_a_subprocess(tmp_path: Path) ->
             env={**os.environ, "NO_COLOR": "1"},
         )
     assert done.returncode == 0, done.stderr
-    files = sorted((tmp_path / "conv").glob("*.json"))
+    files = json_files(tmp_path / "conv")
     assert len(files) == 3 and all(NAME.match(f.name) for f in files)
     for path in files:
         data = json.loads(path.read_text())
@@ -141,7 +142,7 @@ def test_refused_key_stops_at_once_with_exit_2(tmp_path: Path) -> None:
     assert "refused the API key" in result.output
     assert SECRET not in result.output and "Traceback" not in result.output
     assert calls <= 3  # one per conversation started at most: no retries
-    assert not list((tmp_path / "conv").glob("*.json")) if (tmp_path / "conv").exists() else True
+    assert not list(json_files(tmp_path / "conv")) if (tmp_path / "conv").exists() else True
 
 
 def test_one_failing_conversation_is_reported_and_the_others_are_written(

@@ -10,6 +10,7 @@ from click.testing import CliRunner, Result
 
 from graph_distill.cli import main
 from tests.fake_openai import FakeOpenAIServer
+from tests.files import json_files
 from tests.roles import RoleResponder, role_of
 
 DISTILLED_KEYS = [
@@ -110,7 +111,7 @@ def test_batch_with_bad_files_goes_on_and_exits_1(tmp_path: Path) -> None:
         result = invoke(server, "distill", "-i", str(inputs), "-b", "-o", str(out), "-j", "2")
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    written = sorted(p.name for p in out.glob("*.json"))
+    written = sorted(p.name for p in json_files(out))
     assert written == ["distilled_good.json", "distilled_many_1.json", "distilled_many_2.json"]
     for bad, problem in (
         ("broken.json", "not valid JSON"),
@@ -162,8 +163,8 @@ def test_run_distills_each_conversation_as_soon_as_it_is_saved(tmp_path: Path) -
         )
         records = server.records
     assert result.exit_code == 0, result.output
-    conversations = sorted((tmp_path / "c").glob("*.json"))
-    distilled = sorted((tmp_path / "d").glob("*.json"))
+    conversations = json_files(tmp_path / "c")
+    distilled = json_files(tmp_path / "d")
     assert len(conversations) == 3
     assert [p.name for p in distilled] == [f"distilled_{c.stem}.json" for c in conversations]
     first_distill = min(r.received_at for r in records if role_of(r.body) == "distill")

@@ -22,6 +22,7 @@ from graph_distill.runner import RunPlan, run_conversations
 from graph_distill.scenarios import builtin_scenarios
 from graph_distill.throttle import shared_throttle
 from tests.fake_openai import FakeOpenAIServer, FaultRates, _Fault
+from tests.files import json_files
 from tests.roles import RoleResponder
 
 CONVERSATIONS = 20
@@ -67,7 +68,7 @@ def fresh_builders() -> Iterator[None]:
 
 
 def read_all(directory: Path) -> dict[Path, dict[str, Any]]:
-    return {path: json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))}
+    return {path: json.loads(path.read_text()) for path in json_files(directory)}
 
 
 def check_conversation(data: dict[str, Any], whole_replies: set[str]) -> None:

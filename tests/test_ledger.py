@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import openai
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 
 from graph_distill import models
 from graph_distill.context import PipelineContext
@@ -20,12 +22,12 @@ from graph_distill.ledger import (
     estimate_cost,
     format_duration,
     prices_with,
-    write_run_report,
+    run_report,
 )
 from graph_distill.models import chat_model
 from graph_distill.throttle import ThrottleStats
-from graph_distill.usage import Usage, usage_of
-from tests.fake_openai import FakeOpenAIServer
+from graph_distill.usage import Usage
+from tests.fake_openai import FakeOpenAIServer, FaultRates
 
 SECRET = "sk-test-SECRET-0123456789"
 PRICES = Prices(input=2.0, cached_input=0.5, output=8.0, source="test prices")
@@ -39,10 +41,14 @@ def usage(inp: int, cached: int, out: int, calls: int = 1) -> Usage:
 class Outcome:
     """Shaped like ``runner.RunSummary`` as far as the report reads it."""
 
+    ledger: CostLedger = field(default_factory=CostLedger)
     written: list[Path] = field(default_factory=list)
     distilled: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    not_started: int = 0
+    unfinished: int = 0
 
 
 class Clock:
@@ -81,8 +87,8 @@ def test_prices_from_flags_replace_only_what_was_given() -> None:
 # ---------------------------------------------------------------- the ledger
 
 
-def filled_ledger(clock: Clock) -> CostLedger:
-    ledger = CostLedger(PRICES, clock=clock)
+def filled_ledger(clock: Clock, budget_tokens: int | None = None) -> CostLedger:
+    ledger = CostLedger(PRICES, budget_tokens=budget_tokens, clock=clock)
     clock.now = 105.0
     ledger.record("generation", usage(3_000, 1_000, 500, calls=4), started=100.0)
     clock.now = 107.0
@@ -137,17 +143,22 @@ def test_durations_read_naturally(seconds: float, shown: str) -> None:
     assert format_duration(seconds) == shown
 
 
-async def test_ledger_figures_match_what_the_server_counted() -> None:
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_ledger_callback_counts_what_the_server_counted(streamed: bool) -> None:
     models._build.cache_clear()
-    ledger = CostLedger(MIMO_V2_FLASH_PRICES)
+    ledger = CostLedger(MIMO_V2_FLASH_PRICES, budget_tokens=10**9)
     system = SystemMessage("You explain things step by step, patiently and carefully. " * 30)
+    config: RunnableConfig = {"callbacks": [ledger.callback("generation")]}
     with FakeOpenAIServer() as server:
         ctx = PipelineContext(base_url=server.base_url, api_key="sk-test")
         model = chat_model(ctx, "assistant", temperature=0.7, max_tokens=100)
         for question in ("Why is the sky blue?", "And why are sunsets red?"):
-            began = ledger.now()
-            reply = await model.ainvoke([system, HumanMessage(question)])
-            ledger.record("generation", usage_of(reply), began)
+            prompt = [system, HumanMessage(question)]
+            if streamed:
+                async for _ in model.astream(prompt, config):
+                    pass
+            else:
+                await model.ainvoke(prompt, config)
         stats = server.stats
     row = ledger.row("generation")
     assert row.usage == usage(
@@ -157,6 +168,20 @@ async def test_ledger_figures_match_what_the_server_counted() -> None:
     uncached = stats["prompt_tokens"] - stats["cached_tokens"]
     expected = uncached * 0.10 + stats["cached_tokens"] * 0.01 + stats["completion_tokens"] * 0.3
     assert row.cost_usd == pytest.approx(expected / 1e6)
+    assert ledger.budget.spent_tokens == stats["prompt_tokens"] + stats["completion_tokens"]
+    assert ledger.row("distillation").usage["calls"] == 0
+
+
+async def test_failed_calls_are_not_counted() -> None:
+    models._build.cache_clear()
+    ledger = CostLedger()
+    with FakeOpenAIServer(faults=FaultRates(rate_500=1.0)) as server:
+        ctx = PipelineContext(base_url=server.base_url, api_key="sk-test", max_retries=0)
+        model = chat_model(ctx, "user", temperature=0.7, max_tokens=100)
+        with pytest.raises(openai.InternalServerError):
+            await model.ainvoke("hi", {"callbacks": [ledger.callback("generation")]})
+    assert ledger.total().usage == usage(0, 0, 0, calls=0)
+    assert ledger.row("generation").wall_seconds is None
 
 
 # ---------------------------------------------------------------- the budget
@@ -170,7 +195,7 @@ def test_budget_is_exhausted_once_input_and_output_reach_the_limit() -> None:
     budget.spend(usage(80, 0, 20))
     assert budget.exhausted
     assert "1,000 of 1,000 tokens" in budget.message()
-    assert "no further conversations" in budget.message()
+    assert budget.message().startswith("the token budget is spent")
 
 
 def test_no_budget_is_never_exhausted() -> None:
@@ -189,14 +214,15 @@ def test_budget_must_be_positive() -> None:
 
 def test_run_report_holds_figures_settings_counts_and_no_key(tmp_path: Path) -> None:
     clock = Clock()
-    ledger = filled_ledger(clock)
     summary = Outcome(
+        ledger=filled_ledger(clock, budget_tokens=50_000),
         written=[tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"],
         distilled=[tmp_path / "distilled_a.json", tmp_path / "distilled_b.json"],
+        kept=[tmp_path / "k.json"],
         failures=[("#3 Cooking", "the server answered 500: boom")],
+        not_started=2,
+        unfinished=3,
     )
-    budget = TokenBudget(50_000)
-    budget.spend(usage(9_000, 1_000, 2_000))
     ctx = PipelineContext(
         base_url="http://127.0.0.1:9/v1",
         api_key=SECRET,
@@ -204,21 +230,13 @@ def test_run_report_holds_figures_settings_counts_and_no_key(tmp_path: Path) -> 
         distill_model="notes-model",
         requests_per_minute=30.0,
     )
-    path = tmp_path / "out" / "run_report.json"
-    written = write_run_report(
-        path,
-        ledger=ledger,
-        context=ctx,
-        outcome=summary,
-        budget=budget,
+    report = run_report(
+        summary,
+        ctx,
         throttle=ThrottleStats(requests=12, failed=3, pauses=(2.0, 4.0)),
         settings={"num_conversations": 4, "concurrency": 2, "api_key": SECRET},
     )
-    text = path.read_text()
-    assert SECRET not in text
-    report = json.loads(text)
-    assert report == written
-    assert [p.name for p in path.parent.iterdir()] == ["run_report.json"]  # no temp file left
+    assert SECRET not in json.dumps(report)
     settings = report["settings"]
     assert settings["model"] == "fake-model" and settings["base_url"] == "http://127.0.0.1:9/v1"
     assert settings["models"] == {
@@ -228,7 +246,15 @@ def test_run_report_holds_figures_settings_counts_and_no_key(tmp_path: Path) -> 
     }
     assert settings["requests_per_minute"] == 30.0 and settings["num_conversations"] == 4
     assert "api_key" not in settings
-    assert report["counts"] == {"written": 3, "distilled": 2, "failed": 1, "skipped": 0}
+    assert report["counts"] == {
+        "written": 3,
+        "distilled": 2,
+        "failed": 1,
+        "skipped": 0,
+        "kept_from_before": 1,
+        "not_started_over_budget": 2,
+        "unfinished": 3,
+    }
     assert report["failures"] == [{"item": "#3 Cooking", "reason": "the server answered 500: boom"}]
     phases = report["phases"]
     assert set(phases) == {"generation", "distillation", "total"}
@@ -259,12 +285,9 @@ def test_run_report_holds_figures_settings_counts_and_no_key(tmp_path: Path) -> 
     assert started.tzinfo is not None and started <= finished
 
 
-def test_run_report_replaces_an_earlier_one(tmp_path: Path) -> None:
-    path = tmp_path / "run_report.json"
-    path.write_text("old")
-    ctx = PipelineContext(base_url="http://127.0.0.1:9/v1")
-    write_run_report(path, ledger=CostLedger(), context=ctx, outcome=Outcome())
-    report = json.loads(path.read_text())
-    assert report["counts"] == {"written": 0, "distilled": 0, "failed": 0, "skipped": 0}
-    assert report["budget"] is None and report["requests"] is None
+def test_an_idle_report_has_zeros_and_no_request_figures() -> None:
+    report = run_report(Outcome(), PipelineContext(base_url="http://127.0.0.1:9/v1"))
+    assert set(report["counts"].values()) == {0}
+    assert report["budget"] == {"limit_tokens": None, "spent_tokens": 0, "exhausted": False}
+    assert report["requests"] is None
     assert report["phases"]["generation"]["wall_seconds"] is None

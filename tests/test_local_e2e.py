@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from graph_distill.settings import ENV_NAMES
+from tests.files import json_files
 
 
 def test_run_on_the_embedded_model_writes_conversations_and_distillations(
@@ -45,8 +46,8 @@ def test_run_on_the_embedded_model_writes_conversations_and_distillations(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "using the embedded local model" in done.stderr
-    conversations = sorted((tmp_path / "conversations").glob("*.json"))
-    distilled = sorted((tmp_path / "distilled").glob("*.json"))
+    conversations = json_files(tmp_path / "conversations")
+    distilled = json_files(tmp_path / "distilled")
     assert len(conversations) == 2
     assert [p.name for p in distilled] == [f"distilled_{c.stem}.json" for c in conversations]
     for path in conversations:

@@ -24,6 +24,7 @@ from graph_distill.progress import Reporter
 from graph_distill.runner import RunPlan, conversation_seed, run_conversations
 from graph_distill.scenarios import builtin_scenarios
 from tests.fake_openai import FakeOpenAIServer, message_text
+from tests.files import json_files
 from tests.roles import RoleResponder, role_of
 
 STARTUP_TIMEOUT = 120.0
@@ -93,11 +94,7 @@ def invoke(*args: str) -> Result:
 
 def saved(tmp: Path) -> list[dict[str, Any]]:
     folder = tmp / "conv"
-    return (
-        [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-        if folder.exists()
-        else []
-    )
+    return [json.loads(p.read_text()) for p in json_files(folder)] if folder.exists() else []
 
 
 def role_calls(server: FakeOpenAIServer, role: str) -> int:
@@ -121,8 +118,8 @@ def assert_complete(tmp: Path, count: int) -> list[dict[str, Any]]:
     conversations = saved(tmp)
     assert len(conversations) == count
     assert len({c["id"] for c in conversations}) == count
-    distilled = sorted(p.name for p in (tmp / "dist").glob("*.json"))
-    stems = sorted(f"distilled_{p.stem}.json" for p in (tmp / "conv").glob("*.json"))
+    distilled = sorted(p.name for p in json_files(tmp / "dist"))
+    stems = sorted(f"distilled_{p.stem}.json" for p in json_files(tmp / "conv"))
     assert distilled == stems
     assert latest_unfinished_run(tmp / "conv") is None
     assert db_rows(tmp, "SELECT count(*) FROM checkpoints") == [(0,)]  # dropped once complete
@@ -280,12 +277,12 @@ def test_killed_distillation_does_not_ask_finished_chunks_again(tmp_path: Path) 
         process, log = start(run_args(server, tmp_path, *options), tmp_path)
         kill_when(process, log, lambda: len(chunk_requests(server)) >= 2 * workers + 2)
         asked_before = len(chunk_requests(server))
-        assert len(saved(tmp_path)) == 1 and not (tmp_path / "dist").exists()
+        assert len(saved(tmp_path)) == 1 and json_files(tmp_path / "dist") == []
         resumed = invoke(*run_args(server, tmp_path, *options, "--resume"))
         asked = chunk_requests(server)
     assert resumed.exit_code == 0, resumed.output
     assert_complete(tmp_path, 1)
-    [distilled] = [json.loads(p.read_text()) for p in (tmp_path / "dist").glob("*.json")]
+    [distilled] = [json.loads(p.read_text()) for p in json_files(tmp_path / "dist")]
     chunks = distilled["total_chunks"]
     assert len(set(asked)) == chunks > asked_before
     # Starting over would ask the `asked_before` chunks again; resuming asks again at most
@@ -323,7 +320,7 @@ def test_crash_between_writing_a_file_and_recording_it_leaves_no_duplicate(
         with pytest.raises(Crash):
             asyncio.run(run_conversations(plan, ctx, ctx, Reporter()))
         monkeypatch.setattr(RunManifest, "set_status", original)
-        [path] = (tmp_path / "conv").glob("*.json")
+        [path] = json_files(tmp_path / "conv")
         run = latest_unfinished_run(tmp_path / "conv")
         assert run is not None
         status = "SELECT status, conversation_path FROM graph_distill_run_items"
@@ -332,5 +329,5 @@ def test_crash_between_writing_a_file_and_recording_it_leaves_no_duplicate(
         plan.run_id = run.run_id
         summary = asyncio.run(run_conversations(plan, ctx, ctx, Reporter()))
         assert server.calls == calls  # the finished conversation was not asked again
-    assert list((tmp_path / "conv").glob("*.json")) == [path] == summary.kept
+    assert list(json_files(tmp_path / "conv")) == [path] == summary.kept
     assert not summary.written and latest_unfinished_run(tmp_path / "conv") is None
