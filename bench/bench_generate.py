@@ -413,7 +413,7 @@ async def cache_part(_servers: Servers) -> list[Row]:
         prompt = stats["prompt_tokens"]
         ratio = stats["cached_tokens"] / prompt
         cuts, lost = cut_loss(bodies)
-        usage = summary.usage
+        usage = summary.ledger.total().usage
         client_ratio = usage["cached_tokens"] / max(1, usage["input_tokens"])
         is_default = budget == ConversationContext.history_budget_tokens
         shape = f"{CACHE_CONVERSATIONS}x{CACHE_ROUNDS}, {stats['calls']} calls"
