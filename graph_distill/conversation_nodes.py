@@ -27,6 +27,7 @@ from graph_distill.history import flipped, window
 from graph_distill.models import chat_model, model_name
 from graph_distill.noise import noise_user_message
 from graph_distill.prompting import load_prompt, render_prompt
+from graph_distill.replies import finished_text
 from graph_distill.scenarios import Scenario, builtin_scenarios, pick_scenario
 from graph_distill.stagnation import REASONS, detect_stall, similarity
 from graph_distill.usage import Usage, add_usage, empty_usage, usage_of
@@ -179,7 +180,7 @@ async def _write_user_message(
     for _ in range(ctx.max_role_retries + 1):
         reply = await model.ainvoke(prompt)
         usage = add_usage(usage, usage_of(reply))
-        text = clean_user_text(reply.text)
+        text = clean_user_text(finished_text(reply))
         if role_break(text, last_reply) is None:
             return text, usage
     fallback = state.get("pending_topic") or _next_followup(state) or "Can you go into more detail?"
@@ -221,9 +222,10 @@ async def respond(
     for _ in range(ctx.max_role_retries + 1):
         reply = await model.ainvoke(prompt)
         usage = add_usage(usage, usage_of(reply))
-        if reply.text.strip():
+        text = finished_text(reply).strip()
+        if text:
             return {
-                "conversation_messages": [AIMessage(reply.text.strip(), id=f"m{len(messages)}")],
+                "conversation_messages": [AIMessage(text, id=f"m{len(messages)}")],
                 "rounds": state.get("rounds", 0) + 1,
                 "conversation_usage": usage,
             }

@@ -378,10 +378,13 @@ class _Reply:
     text: str
     tool_name: str | None
     usage: dict[str, Any]
+    cut: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def finish_reason(self) -> str:
+        if self.cut:
+            return "length"
         return "stop" if self.tool_name is None else "tool_calls"
 
     @property
@@ -584,7 +587,8 @@ class FakeOpenAIServer:
     A request is answered, in this order of precedence: 401 if ``require_key`` is set and the
     bearer differs; the next ``enqueue_fault`` fault; a fault rolled from ``faults``; 400 if
     ``refuse_json_schema``/``refuse_tools`` applies; else the ``responder``'s text (as tool-call
-    arguments when a tool call is due).
+    arguments when a tool call is due). With ``honor_max_tokens`` that text is cut to the
+    request's ``max_completion_tokens``/``max_tokens`` with ``finish_reason`` "length".
     """
 
     def __init__(
@@ -598,6 +602,7 @@ class FakeOpenAIServer:
         require_key: str | None = None,
         faults: FaultRates | None = None,
         prefix_cache: bool = True,
+        honor_max_tokens: bool = False,
         model: str = "fake-model",
     ) -> None:
         self.responder: Responder = responder or DefaultResponder()
@@ -606,6 +611,7 @@ class FakeOpenAIServer:
         self.refuse_json_schema = refuse_json_schema
         self.refuse_tools = refuse_tools
         self.require_key = require_key
+        self.honor_max_tokens = honor_max_tokens
         self.model = model
         self._fault_rates = faults
         self._dice = random.Random(faults.seed if faults else 0)
@@ -788,11 +794,17 @@ class FakeOpenAIServer:
         text = self.responder(body) if kind != "empty" else ""
         if kind == "broken_json":
             text = text[: max(1, len(text) // 2)]
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        tokens = encoding().encode_ordinary(text) if self.honor_max_tokens and limit else []
+        cut = len(tokens) > int(limit or 0)
+        if cut:
+            text = encoding().decode(tokens[: int(limit)])
         usage = self._account(body.get("messages") or [], text)
         with self._lock:
             number = next(self._reply_numbers)
         tool_name = str(tool.get("name", "")) if tool else None
-        return _Reply(number, str(body.get("model", self.model)), text, tool_name, usage)
+        model = str(body.get("model", self.model))
+        return _Reply(number, model, text, tool_name, usage, cut=cut)
 
     def _account(self, messages: Sequence[Mapping[str, Any]], completion_text: str) -> dict:
         tokens = prompt_tokens(messages)

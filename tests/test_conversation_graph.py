@@ -13,7 +13,7 @@ from graph_distill.conversation_graph import conversation_builder, conversation_
 from graph_distill.conversation_nodes import finish, role_break
 from graph_distill.scenarios import builtin_scenarios
 from tests.fake_openai import FakeOpenAIServer, message_text
-from tests.roles import RoleResponder
+from tests.roles import RoleResponder, Script, varied
 
 SCENARIO = builtin_scenarios()[0]
 
@@ -254,3 +254,45 @@ def test_graph_is_named_and_drawable_offline() -> None:
 def test_bad_round_range_is_rejected() -> None:
     with FakeOpenAIServer() as server, pytest.raises(ValueError, match="min_rounds"):
         conversation_graph.invoke({"seed": 1}, context=context(server, min_rounds=5, max_rounds=2))
+
+
+CUT_ANSWER = "Gradient descent moves the weights downhill. Each step follows the slope of the loss."
+CUT_QUESTION = "I tried that and it helped a lot."
+
+
+def uncut(prefix: str) -> Script:
+    """Replies under the token limit that a trim would shorten (a sentence, then no stop)."""
+    return lambda n: f"Here is short {prefix} number {n}. " + varied(prefix)(n)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_replies_cut_at_the_token_limit_are_trimmed_to_a_sentence(streamed: bool) -> None:
+    tail = " Then it keeps going" + " and going" * 60
+    script = RoleResponder(
+        assistant=lambda n: CUT_ANSWER + tail if n == 1 else uncut("answer")(n),
+        user=lambda n: CUT_QUESTION + tail if n == 0 else uncut("question")(n),
+    )
+    with FakeOpenAIServer(script, honor_max_tokens=True) as server:
+        ctx = context(server, max_output_tokens=60)
+        inputs = {"scenario": SCENARIO.to_record(), "seed": 1, "target_rounds": 3}
+        config = {"recursion_limit": 100}
+        if streamed:
+            chunks, record = 0, {}
+            async for mode, data in conversation_graph.astream(
+                inputs, config, context=ctx, stream_mode=["messages", "values"]
+            ):
+                if mode == "messages":
+                    chunks += data[1].get("langgraph_node") == "respond"
+                else:
+                    record = data.get("conversation_record", record)
+            assert chunks > 10  # the assistant's replies really came as streams
+        else:
+            output = await conversation_graph.ainvoke(inputs, config, context=ctx)
+            record = output["conversation_record"]
+    assert_well_formed(record, 3)
+    contents = [m["content"] for m in record["conversation"]]
+    assert contents[2] == CUT_QUESTION
+    assert contents[3] == CUT_ANSWER
+    assert contents[1] == uncut("answer")(0)
+    assert contents[5] == uncut("answer")(2)
+    assert contents[4] == uncut("question")(1)

@@ -257,6 +257,21 @@ def test_broken_json_and_empty_replies(srv: FakeOpenAIServer) -> None:
     assert srv.fault_counts == {"broken_json": 1, "empty": 1}
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_honor_max_tokens_cuts_long_replies_with_finish_reason_length(streaming: bool) -> None:
+    long_text = "One two three four five six seven eight nine ten. " * 5
+    with FakeOpenAIServer(lambda body: long_text, honor_max_tokens=True) as server:
+        cut = chat(server, max_tokens=7, streaming=streaming, stream_usage=True).invoke("hi")
+        whole = chat(server, max_tokens=100, streaming=streaming).invoke("hi")
+        unlimited = chat(server, streaming=streaming).invoke("hi")
+    assert cut.text == "One two three four five six seven"
+    assert cut.response_metadata["finish_reason"] == "length"
+    assert cut.usage_metadata and cut.usage_metadata["output_tokens"] == 7
+    for reply in (whole, unlimited):
+        assert reply.text == long_text
+        assert reply.response_metadata["finish_reason"] == "stop"
+
+
 def test_extra_body_and_model_list_reach_the_server(srv: FakeOpenAIServer) -> None:
     chat(srv, extra_body={"thinking": {"type": "disabled"}}).invoke("hi")
     models = raw_client(srv).models.list()
