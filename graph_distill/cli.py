@@ -23,7 +23,7 @@ from graph_distill.formats import (
     ensure_writable_dir,
     find_inputs,
 )
-from graph_distill.ledger import MIMO_V2_FLASH_PRICES, Prices, prices_with
+from graph_distill.ledger import MIMO_V2_FLASH_PRICES, Prices, default_prices, prices_with
 from graph_distill.local_model import LocalModelError, LocalModelServer
 from graph_distill.models import chat_model, describe_error
 from graph_distill.progress import LineReporter, choose_reporter
@@ -166,12 +166,16 @@ def cost_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _prices(kwargs: dict[str, Any]) -> Prices:
-    return prices_with(
-        input=kwargs.pop("price_input"),
-        cached_input=kwargs.pop("price_cached"),
-        output=kwargs.pop("price_output"),
-    )
+def _price_flags(kwargs: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        "input": kwargs.pop("price_input"),
+        "cached_input": kwargs.pop("price_cached"),
+        "output": kwargs.pop("price_output"),
+    }
+
+
+def _prices(flags: dict[str, float | None], settings: ModelSettings, local: bool) -> Prices:
+    return prices_with(**flags, defaults=default_prices(settings.base_url, local=local))
 
 
 def _require_writable(directory: Path, option: str) -> None:
@@ -398,6 +402,7 @@ def run(**kwargs: Any) -> None:
     """
     flags = _model_flags(kwargs)
     rpm = kwargs.pop("rpm")
+    price_flags = _price_flags(kwargs)
     if kwargs["min_rounds"] > kwargs["max_rounds"]:
         raise click.BadParameter(
             "--min-rounds must not exceed --max-rounds", param_hint="--min-rounds"
@@ -425,6 +430,7 @@ def run(**kwargs: Any) -> None:
 
     def work(settings: ModelSettings, local: bool) -> RunSummary:
         ctx = build_context(settings, local, requests_per_minute=rpm, **graph_settings)
+        plan.prices = _prices(price_flags, settings, local)
         if local:
             # One slot serves every request: interleaved conversations would only evict each
             # other's cached prompts.
@@ -461,7 +467,6 @@ def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPla
         concurrency=kwargs["concurrency"],
         distill=not kwargs["no_distill"],
         budget_tokens=kwargs["budget_tokens"],
-        prices=_prices(kwargs),
     )
     if not kwargs["resume"]:
         return plan
@@ -510,7 +515,7 @@ def distill(**kwargs: Any) -> None:
     """
     flags = _model_flags(kwargs)
     rpm = kwargs.pop("rpm")
-    prices = _prices(kwargs)
+    price_flags = _price_flags(kwargs)
     input_path: Path = kwargs["input_path"]
     if input_path.is_dir() and not kwargs["batch"]:
         raise click.BadParameter(
@@ -556,7 +561,7 @@ def distill(**kwargs: Any) -> None:
                 concurrency=kwargs["concurrency"],
                 force=kwargs["force"],
                 reporter=reporter,
-                prices=prices,
+                prices=_prices(price_flags, settings, local),
                 report_dir=report_dir,
             )
         )

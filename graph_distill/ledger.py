@@ -17,7 +17,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from graph_distill.context import ModelContext
 from graph_distill.models import Role, model_name
-from graph_distill.settings import resolve_settings
+from graph_distill.settings import is_mimo, resolve_settings
 from graph_distill.throttle import ThrottleStats
 from graph_distill.usage import Usage, add_usage, empty_usage, usage_of
 
@@ -48,6 +48,23 @@ MIMO_V2_FLASH_PRICES = Prices(
     output=0.30,
     source="mimo-v2-flash list prices (Xiaomi, via the Vercel AI Gateway listing)",
 )
+
+
+LOCAL_MODEL_PRICES = Prices(
+    input=0.0, cached_input=0.0, output=0.0, source="the embedded local model costs nothing"
+)
+
+
+def default_prices(base_url: str, *, local: bool) -> Prices:
+    """The prices a run is estimated at unless --price-* says otherwise."""
+    if local:
+        return LOCAL_MODEL_PRICES
+    if is_mimo(base_url):
+        return MIMO_V2_FLASH_PRICES
+    return replace(
+        MIMO_V2_FLASH_PRICES,
+        source=f"{MIMO_V2_FLASH_PRICES.source}; {base_url} is not MiMo: set --price-*",
+    )
 
 
 def prices_with(

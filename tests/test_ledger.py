@@ -19,6 +19,7 @@ from graph_distill.ledger import (
     CostLedger,
     Prices,
     TokenBudget,
+    default_prices,
     estimate_cost,
     format_duration,
     prices_with,
@@ -75,6 +76,15 @@ def test_default_prices_are_mimo_v2_flash_list_prices() -> None:
     p = MIMO_V2_FLASH_PRICES
     assert (p.input, p.cached_input, p.output) == (0.10, 0.01, 0.30)
     assert "mimo-v2-flash" in p.source
+
+
+def test_default_prices_follow_the_server() -> None:
+    assert default_prices("https://api.xiaomimimo.com/v1", local=False) == MIMO_V2_FLASH_PRICES
+    local = default_prices("http://127.0.0.1:8080/v1", local=True)
+    assert (local.input, local.cached_input, local.output) == (0.0, 0.0, 0.0)
+    other = default_prices("http://127.0.0.1:8000/v1", local=False)
+    assert other.output == MIMO_V2_FLASH_PRICES.output
+    assert "http://127.0.0.1:8000/v1 is not MiMo: set --price-*" in other.source
 
 
 def test_prices_from_flags_replace_only_what_was_given() -> None:
