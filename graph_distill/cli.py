@@ -16,7 +16,12 @@ from typing import Any
 import click
 
 from graph_distill.context import PipelineContext
-from graph_distill.durability import ResumeError, latest_unfinished_run, setting_differences
+from graph_distill.durability import (
+    ResumeError,
+    check_run_free,
+    latest_unfinished_run,
+    setting_differences,
+)
 from graph_distill.formats import (
     SourceConversation,
     distilled_path,
@@ -473,6 +478,7 @@ def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPla
     previous = latest_unfinished_run(plan.conversation_dir)
     if previous is None:
         raise ResumeError(f"nothing to resume: no unfinished run in {plan.conversation_dir}")
+    check_run_free(plan.conversation_dir, previous.run_id)
     if seed is None:
         plan = replace(plan, seed=previous.settings["seed"])
     current = run_settings(plan, graph_settings, graph_settings)

@@ -32,6 +32,8 @@ from graph_distill.durability import (
     RunCheckpointSaver,
     RunItem,
     RunManifest,
+    hold_run,
+    new_run_id,
     open_store,
 )
 from graph_distill.formats import (
@@ -169,12 +171,18 @@ async def run_conversations(
     unfinished run ``plan.run_id`` (ResumeError when the directory has no such run). The run's
     calls, tokens and cost go to ``run_report.json`` in the conversation directory, also when
     it is cut short."""
-    async with open_store(plan.conversation_dir) as (saver, manifest):
+    # A new run is held before it is recorded: a concurrent --resume never sees it unheld.
+    run_id = plan.run_id or new_run_id()
+    async with (
+        hold_run(plan.conversation_dir, run_id),
+        open_store(plan.conversation_dir) as (saver, manifest),
+    ):
         if plan.run_id is None:
-            settings = run_settings(plan, conversation_ctx, distill_ctx)
-            run_id = (await manifest.create(settings, plan.count)).run_id
+            await manifest.create(
+                run_settings(plan, conversation_ctx, distill_ctx), plan.count, run_id
+            )
         else:
-            run_id = (await manifest.get(plan.run_id)).run_id
+            await manifest.get(run_id)
         run = _DurableRun(plan, conversation_ctx, distill_ctx, reporter, manifest, run_id, saver)
         settings = {
             **run_settings(plan, conversation_ctx, distill_ctx),

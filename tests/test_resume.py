@@ -331,3 +331,25 @@ def test_crash_between_writing_a_file_and_recording_it_leaves_no_duplicate(
         assert server.calls == calls  # the finished conversation was not asked again
     assert list(json_files(tmp_path / "conv")) == [path] == summary.kept
     assert not summary.written and latest_unfinished_run(tmp_path / "conv") is None
+
+
+def test_resume_while_the_run_is_still_going_is_refused(tmp_path: Path) -> None:
+    options = ("-n", "3", "-j", "1", "--min-rounds", "4", "--max-rounds", "6", "--seed", "3")
+    with FakeOpenAIServer(RoleResponder(), latency=0.05) as server:
+        process, log = start(run_args(server, tmp_path, *options), tmp_path)
+        wait_for(process, log, lambda: len(saved(tmp_path)) >= 1)
+        # Stopped, the run still holds its lock however long the refused resume takes.
+        process.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), log.read_text()
+        refused = invoke(*run_args(server, tmp_path, *options, "--resume"))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        resumed = invoke(*run_args(server, tmp_path, *options, "--resume"))
+    assert refused.exit_code == 2
+    assert f"is being worked on by another graph-distill process (pid {process.pid})" in (
+        refused.output
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert_complete(tmp_path, 3)
+    assert not list((tmp_path / "conv").glob("*.lock"))
