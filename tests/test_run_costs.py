@@ -12,39 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from graph_distill.cli import main
 from graph_distill.formats import RUN_REPORT_NAME, TEMP_SUFFIX
 from graph_distill.usage import USAGE_KEYS, Usage, add_usage, empty_usage
 from tests.fake_openai import FakeOpenAIServer
 from tests.files import json_files
 from tests.roles import RoleResponder
-
-SECRET = "sk-test-SECRET-0123456789"
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def run_args(server: FakeOpenAIServer, tmp: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--base-url",
-        server.base_url,
-        "--api-key",
-        SECRET,
-        "-c",
-        str(tmp / "conv"),
-        "-d",
-        str(tmp / "dist"),
-        "--min-rounds",
-        "2",
-        "--max-rounds",
-        "3",
-        *extra,
-    ]
+from tests.test_cli import SECRET, invoke, run_args
 
 
 def usage_sum(directory: Path) -> Usage:
