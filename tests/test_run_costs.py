@@ -172,3 +172,25 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_finishes(
     # in flight when the run stopped was lost (a conversation is at least 4 calls, so one that
     # was finished but not written cannot have been generated again).
     assert kept <= generation_calls <= kept + 3
+
+
+def test_distill_on_a_full_disk_stops_with_a_plain_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOpenAIServer(RoleResponder()) as server:
+        made = invoke(*run_args(server, tmp_path, "-n", "1", "--seed", "3", "--no-distill", "-q"))
+        assert made.exit_code == 0, made.output
+
+        def disk_full(descriptor: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", disk_full)
+        out = tmp_path / "notes"
+        args = ["distill", "-b", "-i", str(tmp_path / "conv"), "-o", str(out)]
+        result = invoke(*args, "--base-url", server.base_url, "--api-key", SECRET)
+    assert result.exit_code == 2, result.output
+    assert (
+        "No space left on device" in result.output and "run the same command again" in result.output
+    )
+    assert "Traceback" not in result.output
+    assert list(out.iterdir()) == []  # no distilled file, no report, no temp file
