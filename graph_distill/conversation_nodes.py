@@ -48,12 +48,7 @@ class ConversationOutput(TypedDict):
     conversation_record: dict[str, Any]
 
 
-class ConversationState(TypedDict, total=False):
-    scenario: dict[str, Any]
-    scenario_key: str
-    conversation_id: str
-    seed: int
-    target_rounds: int
+class ConversationState(ConversationInput, ConversationOutput, total=False):
     conversation_messages: Annotated[list[AnyMessage], add_messages]
     rounds: int
     followups_used: int
@@ -63,8 +58,6 @@ class ConversationState(TypedDict, total=False):
     noise: Annotated[list[dict[str, Any]], operator.add]
     conversation_usage: Annotated[Usage, add_usage]
     termination_reason: str
-    conversation: list[dict[str, str]]
-    conversation_record: dict[str, Any]
 
 
 class EmptyReplyError(RuntimeError):

@@ -147,13 +147,19 @@ def write_new_conversation(directory: Path, scenario_key: str, when: datetime, d
     """Write ``data`` under the first free conversation name, never overwriting; its path."""
     while True:
         candidate = reserve_conversation_path(directory, scenario_key, when)
-        try:
-            write_json_atomic(candidate, data, overwrite=False)
-        except FileExistsError:
-            if not os.path.lexists(candidate):
-                raise
-            continue
-        return candidate
+        if write_if_free(candidate, data):
+            return candidate
+
+
+def write_if_free(path: Path, data: Any) -> bool:
+    """Write ``data`` at ``path`` unless a file took that name meanwhile (then False)."""
+    try:
+        write_json_atomic(path, data, overwrite=False)
+    except FileExistsError:
+        if not os.path.lexists(path):
+            raise
+        return False
+    return True
 
 
 def distilled_path(output_dir: Path, source_stem: str) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -44,6 +43,7 @@ from graph_distill.formats import (
     distilled_path,
     read_conversations,
     reserve_conversation_path,
+    write_if_free,
     write_json_atomic,
 )
 from graph_distill.ledger import (
@@ -57,7 +57,7 @@ from graph_distill.ledger import (
 from graph_distill.models import describe_error, model_name
 from graph_distill.progress import Reporter
 from graph_distill.scenarios import Scenario, pick_scenario
-from graph_distill.throttle import ThrottleStats, shared_throttle
+from graph_distill.throttle import shared_throttle
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 
@@ -97,7 +97,6 @@ class RunSummary:
     unfinished: int = 0
     # Conversations not started because the token budget was spent.
     not_started: int = 0
-    requests: ThrottleStats | None = None
     report_path: Path | None = None
 
     def closing_line(self) -> str:
@@ -121,11 +120,9 @@ class RunSummary:
         """Write ``run_report.json`` into ``directory`` unless the run did nothing at all."""
         if not (self.ledger.total().usage["calls"] or self.failures or self.not_started):
             return
-        self.requests = shared_throttle(
-            context.requests_per_minute, asyncio.get_running_loop()
-        ).stats()
+        requests = shared_throttle(context.requests_per_minute, asyncio.get_running_loop())
         path = Path(directory) / RUN_REPORT_NAME
-        report = run_report(self, context, throttle=self.requests, settings=settings)
+        report = run_report(self, context, throttle=requests.stats(), settings=settings)
         write_json_atomic(path, report)
         self.report_path = path
 
@@ -177,15 +174,14 @@ async def run_conversations(
         hold_run(plan.conversation_dir, run_id),
         open_store(plan.conversation_dir) as (saver, manifest),
     ):
+        shared_settings = run_settings(plan, conversation_ctx, distill_ctx)
         if plan.run_id is None:
-            await manifest.create(
-                run_settings(plan, conversation_ctx, distill_ctx), plan.count, run_id
-            )
+            await manifest.create(shared_settings, plan.count, run_id)
         else:
             await manifest.get(run_id)
         run = _DurableRun(plan, conversation_ctx, distill_ctx, reporter, manifest, run_id, saver)
         settings = {
-            **run_settings(plan, conversation_ctx, distill_ctx),
+            **shared_settings,
             "run_id": run_id,
             "conversation_dir": str(Path(plan.conversation_dir).absolute()),
             "concurrency": plan.concurrency,
@@ -323,14 +319,9 @@ class _DurableRun:
             await self.manifest.set_status(
                 self.run_id, item.index, ItemStatus.WRITING, conversation_path=path
             )
-            try:
-                write_json_atomic(path, data, overwrite=False)
-            except FileExistsError:
-                if not os.path.lexists(path):
-                    raise
-                continue
-            await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
-            return path
+            if write_if_free(path, data):
+                await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
+                return path
 
     async def _distill(self, item: RunItem, source: SourceConversation) -> None:
         out_path = distilled_path(self.plan.distilled_dir, source.stem)
