@@ -46,7 +46,13 @@ from graph_distill.scenarios import (
     load_scenarios_file,
     select_scenarios,
 )
-from graph_distill.settings import ConfigError, ModelSettings, require_usable, resolve_settings
+from graph_distill.settings import (
+    ENV_NAMES,
+    ConfigError,
+    ModelSettings,
+    require_usable,
+    resolve_settings,
+)
 
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
@@ -256,16 +262,7 @@ def build_context(settings: ModelSettings, local: bool, **values: Any) -> Pipeli
 
 
 def _model_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
-    names = (
-        "api_key",
-        "base_url",
-        "model",
-        "user_model",
-        "assistant_model",
-        "distill_model",
-        "local_model",
-    )
-    return {name: kwargs.pop(name) for name in names}
+    return {name: kwargs.pop(name) for name in (*ENV_NAMES, "local_model")}
 
 
 def _finish(summary: RunSummary, quiet: bool) -> None:
