@@ -29,9 +29,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graph_distill.context import DistillContext
-from graph_distill.distill_graph import distill_graph
-from graph_distill.prompting import load_prompt
-from tests.fake_openai import FakeOpenAIServer
+from graph_distill.distill.graph import distill_graph
+from graph_distill.llm.prompting import load_prompt
+from tests.support.fake_openai import FakeOpenAIServer
 
 MAX_TURNS = 10
 OVERLAP_TURNS = 2  # split_conversation's default for the turns method

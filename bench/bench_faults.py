@@ -49,11 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_generate import Row, print_table, realistic_responder
 
 from graph_distill.context import ConversationContext, DistillContext
-from graph_distill.progress import Reporter
-from graph_distill.runner import RunPlan, conversation_seed, run_conversations
-from graph_distill.scenarios import Scenario, builtin_scenarios, pick_scenario
-from graph_distill.throttle import shared_throttle
-from tests.fake_openai import FakeOpenAIServer, FaultRates, message_text
+from graph_distill.conversation.scenarios import Scenario, builtin_scenarios, pick_scenario
+from graph_distill.llm.throttle import shared_throttle
+from graph_distill.run.generation import RunPlan, conversation_seed, run_conversations
+from graph_distill.run.progress import Reporter
+from tests.support.fake_openai import FakeOpenAIServer, FaultRates, message_text
 
 FAULTS = FaultRates(
     rate_429=0.10, rate_500=0.05, rate_drop=0.05, rate_broken_json=0.20, retry_after=0.2, seed=9

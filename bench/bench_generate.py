@@ -43,12 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import openai
 
 from graph_distill.context import ConversationContext, DistillContext
-from graph_distill.progress import Reporter
-from graph_distill.prompting import load_prompt
-from graph_distill.runner import RunPlan, RunSummary, run_conversations
-from graph_distill.scenarios import builtin_scenarios
-from tests.fake_openai import FakeOpenAIServer, PrefixCache, message_text, prompt_tokens
-from tests.roles import RoleResponder, Script
+from graph_distill.conversation.scenarios import builtin_scenarios
+from graph_distill.llm.prompting import load_prompt
+from graph_distill.run.generation import RunPlan, run_conversations
+from graph_distill.run.progress import Reporter
+from graph_distill.run.summary import RunSummary
+from tests.support.fake_openai import FakeOpenAIServer, PrefixCache, message_text, prompt_tokens
+from tests.support.roles import RoleResponder, Script
 
 LATENCY = 0.1
 LATENCY_CONVERSATIONS = 16

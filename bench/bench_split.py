@@ -11,8 +11,8 @@ import random
 import time
 from collections.abc import Callable
 
-from graph_distill.splitting import split_by_tokens, split_by_turns
-from graph_distill.tokens import encoding
+from graph_distill.distill.splitting import split_by_tokens, split_by_turns
+from graph_distill.llm.tokens import encoding
 
 GOAL_RATIO = 0.5
 REPEATS = 3

@@ -10,10 +10,10 @@ from graph_distill.context import (
     ModelContext,
     PipelineContext,
 )
-from graph_distill.conversation_graph import conversation_builder, conversation_graph
-from graph_distill.conversation_nodes import ConversationInput, ConversationOutput
-from graph_distill.distill_graph import DistillInput, DistillOutput, distill_builder, distill_graph
-from graph_distill.pipeline_graph import PipelineOutput, pipeline_builder, pipeline_graph
+from graph_distill.conversation.graph import conversation_builder, conversation_graph
+from graph_distill.conversation.state import ConversationInput, ConversationOutput
+from graph_distill.distill.graph import DistillInput, DistillOutput, distill_builder, distill_graph
+from graph_distill.pipeline import PipelineOutput, pipeline_builder, pipeline_graph
 
 __all__ = [
     "ConversationContext",

@@ -1,3 +1,3 @@
-from graph_distill.cli import main
+from graph_distill.cli.main import main
 
 main()

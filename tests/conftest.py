@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from graph_distill.settings import ENV_NAMES
+from graph_distill.llm.settings import ENV_NAMES
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,54 @@
+"""The conversation graph: user simulator -> noise -> assistant -> stall check / end guard."""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+
+from graph_distill.context import ConversationContext
+from graph_distill.conversation.nodes import (
+    add_noise,
+    check_progress,
+    finish,
+    respond,
+    simulate_user,
+    start,
+    switch_topic,
+)
+from graph_distill.conversation.state import (
+    ConversationInput,
+    ConversationOutput,
+    ConversationState,
+)
+from graph_distill.llm.models import LLM_RETRY
+
+# Steps one round takes at most (user, noise, assistant, check, switch): for recursion_limit.
+STEPS_PER_ROUND = 5
+
+
+def recursion_limit(max_rounds: int) -> int:
+    """A recursion limit that never cuts a conversation short (rounds are counted in state)."""
+    return max_rounds * STEPS_PER_ROUND + 10
+
+
+conversation_builder = StateGraph(
+    ConversationState,
+    context_schema=ConversationContext,
+    input_schema=ConversationInput,
+    output_schema=ConversationOutput,
+)
+conversation_builder.add_node("start", start)
+conversation_builder.add_node("simulate_user", simulate_user, retry_policy=LLM_RETRY)
+conversation_builder.add_node("add_noise", add_noise)
+conversation_builder.add_node("respond", respond, retry_policy=LLM_RETRY)
+conversation_builder.add_node("check_progress", check_progress)
+conversation_builder.add_node("switch_topic", switch_topic, retry_policy=LLM_RETRY)
+conversation_builder.add_node("finish", finish)
+conversation_builder.add_edge(START, "start")
+conversation_builder.add_edge("start", "simulate_user")
+conversation_builder.add_edge("simulate_user", "add_noise")
+conversation_builder.add_edge("add_noise", "respond")
+conversation_builder.add_edge("respond", "check_progress")
+conversation_builder.add_edge("switch_topic", "simulate_user")
+conversation_builder.add_edge("finish", END)
+
+conversation_graph = conversation_builder.compile(name="conversation")

@@ -1,0 +1,39 @@
+"""What each model sees of a long conversation: a token-bounded, cache-friendly window."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+
+from graph_distill.llm.tokens import count_tokens
+
+# Role framing the chat template adds around each message.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def message_tokens(message: BaseMessage) -> int:
+    return count_tokens(message.text) + MESSAGE_OVERHEAD_TOKENS
+
+
+def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[BaseMessage]:
+    """The newest messages within ``budget`` tokens, cut only at multiples of ``step``.
+
+    Cutting in whole steps keeps the start of the prompt identical from call to call
+    until the next cut, so a prefix-caching server bills most prompt tokens as cached.
+    ``step`` is rounded up to an even number so the window starts on the same role.
+    """
+    step = max(2, step + step % 2)
+    counts = [message_tokens(m) for m in messages]
+    total, start = sum(counts), 0
+    while total > budget and len(messages) - start > step:
+        total -= sum(counts[start : start + step])
+        start += step
+    return list(messages[start:])
+
+
+def flipped(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """The conversation from the simulated user's side: their own lines become the AI's."""
+    return [
+        AIMessage(m.text) if isinstance(m, HumanMessage) else HumanMessage(m.text) for m in messages
+    ]

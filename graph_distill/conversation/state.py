@@ -1,0 +1,55 @@
+"""What flows through the conversation graph: its input, output and state."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+from graph_distill.llm.usage import Usage, add_usage
+
+
+class ConversationInput(TypedDict, total=False):
+    """All optional: a missing scenario is drawn from the built-ins with the seed."""
+
+    scenario: dict[str, Any]
+    scenario_key: str
+    conversation_id: str
+    seed: int
+    target_rounds: int
+
+
+class ConversationOutput(TypedDict):
+    conversation: list[dict[str, str]]
+    conversation_record: dict[str, Any]
+
+
+class ConversationState(ConversationInput, ConversationOutput, total=False):
+    conversation_messages: Annotated[list[AnyMessage], add_messages]
+    rounds: int
+    followups_used: int
+    pending_topic: str | None
+    stall_reason: str | None
+    topic_switches: Annotated[list[dict[str, Any]], operator.add]
+    noise: Annotated[list[dict[str, Any]], operator.add]
+    conversation_usage: Annotated[Usage, add_usage]
+    termination_reason: str
+
+
+class Progress(TypedDict, total=False):
+    """A custom stream event (``stream_mode="custom"``): how far a conversation got.
+
+    ``kind`` is ``started`` (with ``target_rounds``), ``user_message`` (``turn``, ``text``: the
+    message as sent, noise included), ``round_done`` (``rounds``, ``target_rounds``) or
+    ``topic_switch`` (``turn``, ``reason``, ``to_topic``)."""
+
+    kind: str
+    target_rounds: int
+    rounds: int
+    turn: int
+    text: str
+    reason: str
+    to_topic: str

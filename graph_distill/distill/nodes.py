@@ -1,0 +1,175 @@
+"""Nodes and routes of the distillation graph: split, map chunks to notes, reduce."""
+
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Any, Literal
+
+from langchain_openai import ChatOpenAI
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from graph_distill.context import DistillContext
+from graph_distill.distill.layout import render_chunk_notes, render_summary
+from graph_distill.distill.notes import (
+    cite_within,
+    clean_notes,
+    combine_notes,
+    empty_notes,
+    group_for_budget,
+    merge_repeats,
+    recover_citations,
+)
+from graph_distill.distill.prompt import chunk_prompt, merge_prompt
+from graph_distill.distill.splitting import Chunk, split_conversation
+from graph_distill.distill.state import (
+    NOTES_SPEC,
+    ChunkData,
+    ChunkTask,
+    CollapsedNotes,
+    CollapseTask,
+    DistilledChunk,
+    DistillProgress,
+    DistillState,
+    Notes,
+)
+from graph_distill.llm.models import chat_model
+from graph_distill.llm.structured import StructuredReply, ainvoke_structured
+from graph_distill.llm.usage import Usage, empty_usage
+
+logger = logging.getLogger(__name__)
+
+
+def split(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+    ctx = _context(runtime)
+    chunks = split_conversation(
+        state["conversation"],
+        ctx.split_method,
+        max_tokens=ctx.max_tokens,
+        overlap_tokens=ctx.overlap_tokens,
+        max_turns=ctx.max_turns,
+    )
+    runtime.stream_writer(DistillProgress(kind="chunks", chunks=len(chunks)))
+    return {"chunks": [_chunk_data(chunk) for chunk in chunks], "distill_usage": empty_usage()}
+
+
+def route_chunks(state: DistillState) -> list[Send] | Literal["plan_reduce"]:
+    """One task per chunk (the map); straight on when there is nothing to distill."""
+    sends = [Send("distill_chunk", ChunkTask(chunk=chunk)) for chunk in state["chunks"]]
+    return sends or "plan_reduce"
+
+
+async def distill_chunk(task: ChunkTask, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+    chunk = task["chunk"]
+    reply = await ainvoke_structured(_model(_context(runtime)), chunk_prompt(chunk), NOTES_SPEC)
+    record = distilled_chunk(chunk, reply)
+    runtime.stream_writer(
+        DistillProgress(kind="chunk_done", index=chunk["index"], status=record["status"])
+    )
+    return {"chunk_notes": [record], "distill_usage": reply.usage}
+
+
+def plan_reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+    """The notes to merge next (repeats merged), grouped to fit the notes budget."""
+    reduce_round, level = _latest_level(state)
+    level = merge_repeats(level)
+    groups = group_for_budget(level, _context(runtime).notes_budget_tokens)
+    return {"notes_level": level, "notes_groups": groups, "reduce_round": reduce_round}
+
+
+def route_reduce(state: DistillState) -> list[Send] | Literal["reduce"]:
+    """Collapse the groups (another round) while the notes need more than one merge call."""
+    groups = state["notes_groups"]
+    if len(groups) < 2:
+        return "reduce"
+    next_round = state["reduce_round"] + 1
+    return [
+        Send("collapse_group", CollapseTask(group=group, round=next_round, index=index))
+        for index, group in enumerate(groups)
+    ]
+
+
+async def collapse_group(task: CollapseTask, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+    notes, usage = await _merge(_context(runtime), "distill_collapse", task["group"])
+    collapsed = CollapsedNotes(round=task["round"], index=task["index"], notes=notes)
+    return {"collapsed": [collapsed], "distill_usage": usage}
+
+
+async def reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+    """Final notes and summary. A single notes object (one distilled chunk) is used as is,
+    without a call; no notes at all (nothing distilled) give an empty summary."""
+    level = state.get("notes_level") or []
+    usage = empty_usage()
+    if len(level) > 1:
+        merged, usage = await _merge(_context(runtime), "distill_reduce", level)
+        final = merge_repeats([merged])[0]
+    else:
+        final = level[0] if level else empty_notes()
+    chunks = sorted(state.get("chunk_notes") or [], key=operator.itemgetter("chunk_index"))
+    return {
+        "distilled_chunks": chunks,
+        "final_notes": final,
+        "final_summary": render_summary(final) if level else "",
+        "distill_usage": usage,
+    }
+
+
+def _context(runtime: Runtime[DistillContext]) -> DistillContext:
+    return runtime.context or DistillContext()
+
+
+def _model(ctx: DistillContext) -> ChatOpenAI:
+    temperature, max_tokens = ctx.distill_temperature, ctx.distill_max_output_tokens
+    return chat_model(ctx, "distill", temperature=temperature, max_tokens=max_tokens)
+
+
+def _chunk_data(chunk: Chunk) -> ChunkData:
+    return ChunkData(
+        index=chunk.index,
+        messages=chunk.messages,
+        turn_range=list(chunk.turn_range),
+        tokens=chunk.tokens,
+    )
+
+
+def _latest_level(state: DistillState) -> tuple[int, list[Notes]]:
+    """Notes of the latest collapse round, else of the chunks distilled without error."""
+    collapsed = state.get("collapsed") or []
+    if not collapsed:
+        chunks = sorted(state.get("chunk_notes") or [], key=operator.itemgetter("chunk_index"))
+        return 0, [chunk["notes"] for chunk in chunks if chunk["status"] == "ok"]
+    latest = max(entry["round"] for entry in collapsed)
+    entries = [entry for entry in collapsed if entry["round"] == latest]
+    return latest, [entry["notes"] for entry in sorted(entries, key=operator.itemgetter("index"))]
+
+
+async def _merge(ctx: DistillContext, prompt: str, sources: list[Notes]) -> tuple[Notes, Usage]:
+    """One model call merging ``sources``; when it fails, their plain union (nothing lost)."""
+    reply = await ainvoke_structured(_model(ctx), merge_prompt(prompt, sources), NOTES_SPEC)
+    if reply.value is None:
+        logger.warning("merging %d notes failed (%s); using their union", len(sources), reply.error)
+        return combine_notes(sources), reply.usage
+    return recover_citations(clean_notes(reply.value), sources), reply.usage
+
+
+def distilled_chunk(chunk: ChunkData, reply: StructuredReply) -> DistilledChunk:
+    """The output record of one chunk: its notes, or the raw reply when there are none."""
+    record = DistilledChunk(
+        chunk_index=chunk["index"],
+        turn_range=list(chunk["turn_range"]),
+        original_messages=[{"role": m["role"], "content": m["content"]} for m in chunk["messages"]],
+    )
+    if reply.value is None:
+        return DistilledChunk(
+            **record,
+            distilled_content=reply.text,
+            notes=empty_notes(),
+            status="raw",
+            error=reply.error or "the reply could not be used",
+        )
+    turns = sorted({message["turn"] for message in chunk["messages"]})
+    notes = cite_within(clean_notes(reply.value), set(turns), turns)
+    return DistilledChunk(
+        **record, distilled_content=render_chunk_notes(notes), notes=notes, status="ok"
+    )

@@ -1,0 +1,257 @@
+"""``langgraph dev`` (the server LangGraph Studio talks to) serves the graphs of langgraph.json.
+
+The server runs as a subprocess from a temporary folder holding a verbatim copy of the repo's
+langgraph.json (so a developer's real ``.env`` never leaks in, and a fresh clone's missing
+``.env`` is what the server sees), with the MIMO_* settings pointing at a fake model server.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph_cli.config import validate_config_file
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+
+from graph_distill import (
+    ConversationContext,
+    DistillContext,
+    DistillOutput,
+    PipelineContext,
+    PipelineOutput,
+    conversation_graph,
+    distill_graph,
+    pipeline_graph,
+)
+from graph_distill.llm.settings import ENV_NAMES
+from tests.support.fake_openai import FakeOpenAIServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_PATH = REPO_ROOT / "langgraph.json"
+GRAPHS = {"conversation": conversation_graph, "distill": distill_graph, "pipeline": pipeline_graph}
+CONTEXTS = {
+    "conversation": ConversationContext,
+    "distill": DistillContext,
+    "pipeline": PipelineContext,
+}
+# Generous: a cold start imports langgraph-api and the graphs on a busy 2-core machine.
+STARTUP_TIMEOUT_SECONDS = 180.0
+STOP_TIMEOUT_SECONDS = 15.0
+LOG_TAIL_LINES = 40
+# Everything that could make the dev server reach beyond 127.0.0.1.
+OFFLINE_ENV = {
+    "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+    "LANGGRAPH_NO_VERSION_CHECK": "true",
+    "LANGSMITH_TRACING": "false",
+    "LANGCHAIN_TRACING_V2": "false",
+}
+ONLINE_ENV_NAMES = (
+    "LANGSMITH_API_KEY",
+    "LANGCHAIN_API_KEY",
+    "LANGGRAPH_CLOUD_LICENSE_KEY",
+    "LANGSMITH_CONTROL_PLANE_API_KEY",
+)
+SMALL_CONTEXT = {"split_method": "turns", "max_turns": 4}
+
+
+@dataclass
+class DevServer:
+    url: str
+    workdir: Path
+    log_path: Path
+    fake: FakeOpenAIServer
+
+    def log_tail(self) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+    def client(self) -> LangGraphClient:
+        return get_client(url=self.url)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def server_env(fake: FakeOpenAIServer) -> dict[str, str]:
+    dropped = {*ENV_NAMES.values(), *ONLINE_ENV_NAMES}
+    env = {name: value for name, value in os.environ.items() if name not in dropped}
+    return {
+        **env,
+        **OFFLINE_ENV,
+        "MIMO_BASE_URL": fake.base_url,
+        "MIMO_API_KEY": "studio-test-key",
+        "MIMO_MODEL": "fake-model",
+    }
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ok", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until_up(process: subprocess.Popen[bytes], server: DevServer) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while not answers(server.url):
+        if process.poll() is not None:
+            pytest.fail(
+                f"langgraph dev exited with code {process.returncode} before answering; "
+                f"log tail:\n{server.log_tail()}"
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"langgraph dev did not answer {server.url}/ok within "
+                f"{STARTUP_TIMEOUT_SECONDS:.0f}s; log tail:\n{server.log_tail()}"
+            )
+        time.sleep(0.2)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """End the server's whole process group: SIGTERM, then SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(STOP_TIMEOUT_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    workdir = tmp_path_factory.mktemp("studio")
+    shutil.copy(CONFIG_PATH, workdir / "langgraph.json")
+    port = free_port()
+    with FakeOpenAIServer() as fake:
+        server = DevServer(f"http://127.0.0.1:{port}", workdir, workdir / "server.log", fake)
+        command = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload"]
+        with server.log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [*command, "--host", "127.0.0.1", "--port", str(port)],
+                cwd=workdir,
+                env=server_env(fake),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until_up(process, server)
+            yield server
+        finally:
+            stop(process)
+
+
+async def wait_run(
+    server: DevServer, graph_id: str, run_input: dict[str, Any], context: dict[str, Any]
+) -> dict[str, Any]:
+    client = server.client()
+    thread = await client.threads.create()
+    try:
+        output = await client.runs.wait(
+            thread["thread_id"], graph_id, input=run_input, context=context
+        )
+    except Exception as error:
+        pytest.fail(f"{graph_id} run failed: {error}\nserver log tail:\n{server.log_tail()}")
+    assert isinstance(output, dict), f"unexpected run output {output!r}"
+    return output
+
+
+def small_conversation(messages: int) -> list[dict[str, str]]:
+    roles = ("user", "assistant")
+    return [
+        {
+            "role": roles[turn % 2],
+            "content": f"Message {turn}: caching parsed templates avoids repeated disk reads. " * 3,
+        }
+        for turn in range(messages)
+    ]
+
+
+# ---------------------------------------------------------------- the config file itself
+
+
+def test_langgraph_json_registers_the_exported_graphs() -> None:
+    config = validate_config_file(CONFIG_PATH)
+    assert config["env"] == ".env"
+    assert set(config["graphs"]) == set(GRAPHS)
+    for graph_id, spec in config["graphs"].items():
+        module_name, variable = spec.split(":")
+        module = importlib.import_module(module_name)
+        assert getattr(module, variable) is GRAPHS[graph_id], spec
+
+
+# ---------------------------------------------------------------- the running server
+
+
+async def test_starts_without_env_file_and_serves_one_assistant_per_graph(
+    dev_server: DevServer,
+) -> None:
+    assert not (dev_server.workdir / ".env").exists()
+    assistants = await dev_server.client().assistants.search(limit=50)
+    assert {assistant["graph_id"] for assistant in assistants} == set(GRAPHS)
+
+
+async def test_distill_run_uses_env_model_settings_and_run_context(dev_server: DevServer) -> None:
+    calls_before = dev_server.fake.calls
+    conversation = small_conversation(6)
+    output = await wait_run(dev_server, "distill", {"conversation": conversation}, SMALL_CONTEXT)
+
+    assert set(output) == set(DistillOutput.__annotations__)
+    assert output["final_summary"].strip()
+    chunks = output["distilled_chunks"]
+    assert len(chunks) >= 2
+    assert all(chunk["status"] == "ok" for chunk in chunks)
+    assert all(last - first < SMALL_CONTEXT["max_turns"] for first, last in _ranges(chunks))
+    assert dev_server.fake.calls - calls_before >= len(chunks) + 1
+
+
+async def test_pipeline_run_generates_then_distills(dev_server: DevServer) -> None:
+    output = await wait_run(dev_server, "pipeline", {"target_rounds": 2, "seed": 7}, SMALL_CONTEXT)
+
+    assert set(output) == set(PipelineOutput.__annotations__)
+    record = output["conversation_record"]
+    assert record["total_rounds"] == 2
+    assert [message["role"] for message in record["conversation"]] == ["user", "assistant"] * 2
+    assert output["final_summary"].strip()
+    assert output["distilled_chunks"]
+
+
+@pytest.mark.parametrize("graph_id", sorted(GRAPHS))
+async def test_context_schema_shows_every_field_description(
+    dev_server: DevServer, graph_id: str
+) -> None:
+    client = dev_server.client()
+    (assistant,) = await client.assistants.search(graph_id=graph_id)
+    schemas = await client.assistants.get_schemas(assistant["assistant_id"])
+    properties = (schemas.get("context_schema") or {}).get("properties", {})
+
+    expected = {field.name: field.metadata["description"] for field in fields(CONTEXTS[graph_id])}
+    served = {name: prop.get("description") for name, prop in properties.items()}
+    assert served == expected
+
+
+def _ranges(chunks: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [(chunk["turn_range"][0], chunk["turn_range"][-1]) for chunk in chunks]
