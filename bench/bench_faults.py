@@ -181,7 +181,7 @@ async def _generate(base_url: str, shape: Shape, count: int) -> tuple[float, int
         )
         distill_ctx = DistillContext(base_url=base_url, api_key="bench", model="fake-model")
         began = time.perf_counter()
-        summary = await run_conversations(plan, ctx, distill_ctx, Reporter())
+        summary = await run_conversations(plan, ctx, Reporter())
         wall = time.perf_counter() - began
     if summary.failures or summary.rounds != count * shape.rounds:
         raise RuntimeError(f"bad run: {summary.failures or summary.closing_line()}")

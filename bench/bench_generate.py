@@ -224,7 +224,7 @@ async def generate(
         )
         ctx = conversation_context(base_url, rounds, **overrides)
         distill_ctx = DistillContext(base_url=base_url, api_key="bench", model="fake-model")
-        summary = await run_conversations(plan, ctx, distill_ctx, Reporter())
+        summary = await run_conversations(plan, ctx, Reporter())
     if summary.failures or summary.rounds != conversations * rounds:
         raise RuntimeError(f"bad run: {summary.failures or summary.closing_line()}")
     return summary

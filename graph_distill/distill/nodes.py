@@ -6,6 +6,7 @@ import logging
 import operator
 from typing import Any, Literal
 
+import openai
 from langchain_openai import ChatOpenAI
 from langgraph.runtime import Runtime
 from langgraph.types import Send
@@ -21,7 +22,12 @@ from graph_distill.distill.notes import (
     merge_repeats,
     recover_citations,
 )
-from graph_distill.distill.prompt import chunk_prompt, merge_prompt
+from graph_distill.distill.prompt import (
+    chunk_prompt,
+    merge_prompt,
+    raw_chunk_text,
+    raw_summary_prompt,
+)
 from graph_distill.distill.splitting import Chunk, split_conversation
 from graph_distill.distill.state import (
     NOTES_SPEC,
@@ -34,9 +40,9 @@ from graph_distill.distill.state import (
     DistillState,
     Notes,
 )
-from graph_distill.llm.models import chat_model
+from graph_distill.llm.models import chat_model, is_transient
 from graph_distill.llm.structured import StructuredReply, ainvoke_structured
-from graph_distill.llm.usage import Usage, empty_usage
+from graph_distill.llm.usage import Usage, empty_usage, usage_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +53,9 @@ def split(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, An
         state["conversation"],
         ctx.split_method,
         max_tokens=ctx.max_tokens,
-        overlap_tokens=ctx.overlap_tokens,
+        overlap_tokens=ctx.token_overlap(),
         max_turns=ctx.max_turns,
+        overlap_turns=ctx.turn_overlap(),
     )
     runtime.stream_writer(DistillProgress(kind="chunks", chunks=len(chunks)))
     return {"chunks": [_chunk_data(chunk) for chunk in chunks], "distill_usage": empty_usage()}
@@ -98,19 +105,24 @@ async def collapse_group(task: CollapseTask, runtime: Runtime[DistillContext]) -
 
 async def reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
     """Final notes and summary. A single notes object (one distilled chunk) is used as is,
-    without a call; no notes at all (nothing distilled) give an empty summary."""
+    without a call; when no chunk got usable notes, the summary comes from the raw text."""
     level = state.get("notes_level") or []
+    chunks = sorted(state.get("chunk_notes") or [], key=operator.itemgetter("chunk_index"))
+    ctx = _context(runtime)
     usage = empty_usage()
     if len(level) > 1:
-        merged, usage = await _merge(_context(runtime), "distill_reduce", level)
+        merged, usage = await _merge(ctx, "distill_reduce", level)
         final = merge_repeats([merged])[0]
     else:
         final = level[0] if level else empty_notes()
-    chunks = sorted(state.get("chunk_notes") or [], key=operator.itemgetter("chunk_index"))
+    if level or not chunks:
+        summary = render_summary(final) if level else ""
+    else:
+        summary, usage = await _raw_summary(ctx, chunks)
     return {
         "distilled_chunks": chunks,
         "final_notes": final,
-        "final_summary": render_summary(final) if level else "",
+        "final_summary": summary,
         "distill_usage": usage,
     }
 
@@ -122,6 +134,23 @@ def _context(runtime: Runtime[DistillContext]) -> DistillContext:
 def _model(ctx: DistillContext) -> ChatOpenAI:
     temperature, max_tokens = ctx.distill_temperature, ctx.distill_max_output_tokens
     return chat_model(ctx, "distill", temperature=temperature, max_tokens=max_tokens)
+
+
+async def _raw_summary(ctx: DistillContext, chunks: list[DistilledChunk]) -> tuple[str, Usage]:
+    """A plain-text summary of chunks that got no notes, from their messages (each chunk cut
+    to its share of the notes budget); the chunks' own raw replies if that call fails too."""
+    share = max(1, ctx.notes_budget_tokens // len(chunks))
+    text = "\n\n".join(raw_chunk_text(chunk, share) for chunk in chunks)
+    try:
+        reply = await _model(ctx).ainvoke(raw_summary_prompt(text))
+    except Exception as error:
+        if is_transient(error) or isinstance(error, openai.AuthenticationError):
+            raise  # the node's retry policy, or the run, deals with these
+        logger.warning("summarizing raw chunks failed (%s); using their text", error)
+        return "\n\n".join(c["distilled_content"] for c in chunks if c["distilled_content"]), (
+            empty_usage()
+        )
+    return reply.text.strip(), usage_of(reply)
 
 
 def _chunk_data(chunk: Chunk) -> ChunkData:

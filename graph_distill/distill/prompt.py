@@ -9,8 +9,9 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from graph_distill.distill.notes import notes_json
-from graph_distill.distill.state import NOTES_SCHEMA, ChunkData, Notes
-from graph_distill.llm.prompting import render_prompt
+from graph_distill.distill.state import NOTES_SCHEMA, ChunkData, DistilledChunk, Notes
+from graph_distill.llm.prompting import load_prompt, render_prompt
+from graph_distill.llm.tokens import truncate_tokens
 
 _SCHEMA_TEXT = json.dumps(NOTES_SCHEMA, indent=2)
 
@@ -37,3 +38,13 @@ def merge_prompt(prompt: str, sources: Sequence[Notes]) -> list[BaseMessage]:
         for number, notes in enumerate(sources, start=1)
     )
     return [SystemMessage(render_prompt(prompt, schema=_SCHEMA_TEXT)), HumanMessage(listing)]
+
+
+def raw_chunk_text(chunk: DistilledChunk, budget_tokens: int) -> str:
+    """A chunk's messages as text, cut to about ``budget_tokens`` tokens."""
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in chunk["original_messages"])
+    return truncate_tokens(text, budget_tokens)
+
+
+def raw_summary_prompt(text: str) -> list[BaseMessage]:
+    return [SystemMessage(load_prompt("distill_raw_summary")), HumanMessage(text)]

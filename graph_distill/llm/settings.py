@@ -10,15 +10,15 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from graph_distill.context import PipelineContext, declared
+
 MIMO_BASE_URL = "https://api.xiaomimimo.com/v1"
 DEFAULT_MODEL = "mimo-v2-flash"
+# Each model setting's environment variable, as the context declares it.
 ENV_NAMES = {
-    "api_key": "MIMO_API_KEY",
-    "base_url": "MIMO_BASE_URL",
-    "model": "MIMO_MODEL",
-    "user_model": "MIMO_USER_MODEL",
-    "assistant_model": "MIMO_ASSISTANT_MODEL",
-    "distill_model": "MIMO_DISTILL_MODEL",
+    item.name: item.metadata["env"]
+    for item in declared(PipelineContext)
+    if item.metadata.get("env")
 }
 # Servers that need no key still get one: the openai client refuses to start without it.
 KEYLESS_PLACEHOLDER = "not-needed"
@@ -69,14 +69,17 @@ def resolve_settings(
     """Merge the sources, highest first; empty strings count as unset."""
     flags = flags or {}
     environ = os.environ if environ is None else environ
-    dotenv = _dotenv(cwd)
+    dotenv: list[Mapping[str, str | None]] = []
 
     def pick(name: str) -> str | None:
         env_name = ENV_NAMES[name]
-        for value in (flags.get(name), environ.get(env_name), dotenv.get(env_name)):
+        for value in (flags.get(name), environ.get(env_name)):
             if value and value.strip():
                 return value.strip()
-        return None
+        if not dotenv:  # read only when needed, once
+            dotenv.append(_dotenv(cwd))
+        value = dotenv[0].get(env_name)
+        return value.strip() if value and value.strip() else None
 
     base_url = pick("base_url")
     return ModelSettings(

@@ -19,3 +19,9 @@ def encoding() -> tiktoken.Encoding:
 def count_tokens(text: str) -> int:
     """Tokens in ``text`` (cached: histories are re-counted on every call)."""
     return len(encoding().encode_ordinary(text))
+
+
+def truncate_tokens(text: str, limit: int) -> str:
+    """``text`` cut to its first ``limit`` tokens ("..." marks a cut)."""
+    tokens = encoding().encode_ordinary(text)
+    return text if len(tokens) <= limit else encoding().decode(tokens[:limit]) + " ..."

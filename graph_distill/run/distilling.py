@@ -61,25 +61,57 @@ async def distill_source(
     except Exception as error:
         record_failure(summary, reporter, source.source, error)
         return False
-    metadata = {
+    return save_distilled(source.source, out_path, result, ctx, summary, reporter, retry_hint)
+
+
+def distilled_metadata(ctx: DistillContext, usage: Any) -> dict[str, Any]:
+    """The settings a distilled file was made with (a re-run compares them) and its usage."""
+    return {
         "model": model_name(ctx, "distill"),
         "split_method": ctx.split_method,
         "max_tokens": ctx.max_tokens,
-        "overlap_tokens": ctx.overlap_tokens,
+        "overlap_tokens": ctx.token_overlap(),
         "max_turns": ctx.max_turns,
-        "usage": result["distill_usage"],
+        "overlap_turns": ctx.turn_overlap(),
+        "usage": usage,
     }
+
+
+def save_distilled(
+    source: Any,
+    out_path: Path,
+    result: dict[str, Any],
+    ctx: DistillContext,
+    summary: RunSummary,
+    reporter: Reporter,
+    hint: str,
+    label: str | None = None,
+) -> bool:
+    """Write a distill graph's ``result`` to ``out_path``. True when its notes are usable; a
+    result whose every chunk was kept raw is written too, but counted as a failure (the
+    summary then comes from the raw text) so that the next run redoes it."""
     data = distilled_file(
-        source=source.source,
+        source=source,
         distilled_chunks=result["distilled_chunks"],
         final_summary=result["final_summary"],
         final_notes=result.get("final_notes"),
-        metadata=metadata,
+        metadata=distilled_metadata(ctx, result["distill_usage"]),
     )
-    with stop_on_write_error(out_path.parent, retry_hint):
+    with stop_on_write_error(out_path.parent, hint):
         write_json_atomic(out_path, data)
+    chunks = result["distilled_chunks"]
+    raw = sum(chunk.get("status") == "raw" for chunk in chunks)
+    summary.raw_chunks += raw
+    name = label or (source if isinstance(source, str) else str(out_path))
+    if chunks and raw == len(chunks):
+        reason = (
+            f"no chunk got usable notes ({raw} kept raw); written to {out_path}, redone next time"
+        )
+        summary.failures.append((name, reason))
+        reporter.failed(name, reason)
+        return False
     summary.distilled.append(out_path)
-    reporter.distilled(source.source, str(out_path))
+    reporter.distilled(name, str(out_path))
     return True
 
 

@@ -1,8 +1,11 @@
-"""A run of ``run``: many conversations at once, each saved and distilled as soon as it ends.
+"""A run of ``run``: many conversations at once through the pipeline graph, each conversation
+saved the moment its generation ends and distilled while others are still being generated.
 
-Runs are durable: the graphs run with a checkpointer (one SQLite database in the conversation
+Runs are durable: the graph runs with a checkpointer (one SQLite database in the conversation
 directory, thread id = conversation id) and a manifest records how far each conversation got,
-so a killed or interrupted run resumes where it stopped (``RunPlan.run_id``)."""
+so a killed or interrupted run resumes where it stopped (``RunPlan.run_id``). The graphs write
+no files: this module does, as their outputs arrive.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
-from graph_distill.context import ConversationContext, DistillContext
+from graph_distill.context import PipelineContext
 from graph_distill.conversation.graph import conversation_builder, recursion_limit
 from graph_distill.conversation.scenarios import Scenario, pick_scenario
 from graph_distill.distill.graph import distill_builder
@@ -30,12 +33,9 @@ from graph_distill.files.writing import (
     reserve_conversation_path,
     write_if_free,
 )
-from graph_distill.run.distilling import distill_source
-from graph_distill.run.ledger import (
-    MIMO_V2_FLASH_PRICES,
-    CostLedger,
-    Prices,
-)
+from graph_distill.pipeline import pipeline_builder
+from graph_distill.run.distilling import distill_source, save_distilled
+from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices
 from graph_distill.run.lock import hold_run
 from graph_distill.run.progress import Reporter
 from graph_distill.run.store import (
@@ -48,14 +48,15 @@ from graph_distill.run.store import (
 )
 from graph_distill.run.summary import (
     RESUME_HINT,
-    Graph,
     RunSummary,
-    cancel_all,
     gather_or_abort,
     record_failure,
     reported,
     stop_on_write_error,
 )
+
+# The pipeline's top-level nodes, for the cost ledger's phases.
+PIPELINE_PHASES = {"generate": "generation", "distill": "distillation"}
 
 
 @dataclass(kw_only=True)
@@ -72,6 +73,10 @@ class RunPlan:
     # Tokens (input + output, this invocation) after which no new conversation starts.
     budget_tokens: int | None = None
     prices: Prices = MIMO_V2_FLASH_PRICES
+    # What a resumed run must share with this one (stored in the manifest), by flag.
+    resume_settings: dict[str, Any] = field(default_factory=dict)
+    # Every setting of the run, for run_report.json.
+    report_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def conversation_seed(run_seed: int, index: int) -> int:
@@ -79,38 +84,16 @@ def conversation_seed(run_seed: int, index: int) -> int:
     return random.Random(f"{run_seed}:{index}").randrange(2**31)
 
 
-def run_settings(
-    plan: RunPlan, conversation_ctx: ConversationContext, distill_ctx: DistillContext
-) -> dict[str, Any]:
-    """What a resumed run must share with the run it finishes (as JSON values)."""
-    texts = json.dumps([s.to_record() for s in plan.scenarios], sort_keys=True)
-    settings: dict[str, Any] = {
-        "count": plan.count,
-        "seed": plan.seed,
-        "min_rounds": conversation_ctx.min_rounds,
-        "max_rounds": conversation_ctx.max_rounds,
-        "typo_rate": conversation_ctx.typo_rate,
-        "scenarios": [s.key for s in plan.scenarios],
-        "scenario_texts": hashlib.sha256(texts.encode()).hexdigest()[:16],
-        "distill": plan.distill,
+def scenario_settings(scenarios: Sequence[Scenario]) -> dict[str, Any]:
+    """The scenario pool as a resumed run must find it again, by the flags that set it."""
+    texts = json.dumps([s.to_record() for s in scenarios], sort_keys=True)
+    return {
+        "--scenario": [s.key for s in scenarios],
+        "--scenarios-file (the scenarios' texts)": hashlib.sha256(texts.encode()).hexdigest()[:16],
     }
-    if plan.distill:
-        settings |= {
-            "distilled_dir": str(Path(plan.distilled_dir).absolute()),
-            "split_method": distill_ctx.split_method,
-            "max_tokens": distill_ctx.max_tokens,
-            "overlap_tokens": distill_ctx.overlap_tokens,
-            "max_turns": distill_ctx.max_turns,
-        }
-    return settings
 
 
-async def run_conversations(
-    plan: RunPlan,
-    conversation_ctx: ConversationContext,
-    distill_ctx: DistillContext,
-    reporter: Reporter,
-) -> RunSummary:
+async def run_conversations(plan: RunPlan, ctx: PipelineContext, reporter: Reporter) -> RunSummary:
     """Generate ``plan.count`` conversations, ``plan.concurrency`` at a time, or finish the
     unfinished run ``plan.run_id`` (ResumeError when the directory has no such run). The run's
     calls, tokens and cost go to ``run_report.json`` in the conversation directory, also when
@@ -121,22 +104,33 @@ async def run_conversations(
         hold_run(plan.conversation_dir, run_id),
         open_store(plan.conversation_dir) as (saver, manifest),
     ):
-        shared_settings = run_settings(plan, conversation_ctx, distill_ctx)
         if plan.run_id is None:
-            await manifest.create(shared_settings, plan.count, run_id)
+            await manifest.create(plan.resume_settings, plan.count, run_id)
         else:
             await manifest.get(run_id)
-        run = _DurableRun(plan, conversation_ctx, distill_ctx, reporter, manifest, run_id, saver)
-        settings = {
-            **shared_settings,
-            "run_id": run_id,
-            "conversation_dir": str(Path(plan.conversation_dir).absolute()),
-            "concurrency": plan.concurrency,
-            "budget_tokens": plan.budget_tokens,
-        }
-        with reported(run.summary, plan.conversation_dir, conversation_ctx, settings, RESUME_HINT):
+        run = _DurableRun(plan, ctx, reporter, manifest, run_id, saver)
+        settings = {**plan.report_settings, "run_id": run_id}
+        with reported(run.summary, plan.conversation_dir, ctx, settings, RESUME_HINT):
             await run.execute()
     return run.summary
+
+
+class _Gate:
+    """At most ``limit`` conversations generating at once; a conversation frees its place as
+    soon as its generation ends (its distillation goes on beside the next one)."""
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(limit)
+        self._held: set[int] = set()
+
+    async def enter(self, index: int) -> None:
+        await self._semaphore.acquire()
+        self._held.add(index)
+
+    def leave(self, index: int) -> None:
+        if index in self._held:
+            self._held.discard(index)
+            self._semaphore.release()
 
 
 class _DurableRun:
@@ -145,16 +139,14 @@ class _DurableRun:
     def __init__(
         self,
         plan: RunPlan,
-        conversation_ctx: ConversationContext,
-        distill_ctx: DistillContext,
+        ctx: PipelineContext,
         reporter: Reporter,
         manifest: RunManifest,
         run_id: str,
         saver: RunCheckpointSaver,
     ) -> None:
         self.plan = plan
-        self.conversation_ctx = conversation_ctx
-        self.distill_ctx = distill_ctx
+        self.ctx = ctx
         self.reporter = reporter
         self.manifest = manifest
         self.run_id = run_id
@@ -162,71 +154,62 @@ class _DurableRun:
         self.summary = RunSummary(
             run_id=run_id, ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens)
         )
-        self.conversation_graph = conversation_builder.compile(
-            checkpointer=saver, name="conversation"
+        builder = pipeline_builder if plan.distill else conversation_builder
+        self.graph = builder.compile(
+            checkpointer=saver, name="pipeline" if plan.distill else "conversation"
         )
         self.distill_graph = distill_builder.compile(checkpointer=saver, name="distill")
-        self.gate = asyncio.Semaphore(plan.concurrency)
+        self.gate = _Gate(plan.concurrency)
 
     async def execute(self) -> None:
-        distills: list[asyncio.Task[None]] = []
-
-        async def one(item: RunItem) -> None:
-            source = await self._conversation(item)
-            if source is not None and self.plan.distill:
-                distills.append(asyncio.create_task(self._distill(item, source)))
-
-        try:
-            await gather_or_abort([one(item) for item in await self.manifest.items(self.run_id)])
-            await gather_or_abort(distills)
-        finally:
-            await cancel_all(distills)
+        items = await self.manifest.items(self.run_id)
+        await gather_or_abort([self._item(item) for item in items])
         await self._close_if_complete()
 
-    async def _conversation(self, item: RunItem) -> SourceConversation | None:
-        """The saved conversation, generated now or before; None when it failed or when an
-        earlier attempt already distilled it."""
+    async def _item(self, item: RunItem) -> None:
         if item.status is ItemStatus.WRITING and _holds(item.conversation_path, item):
             await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
             item = replace(item, status=ItemStatus.SAVED)
+        done = ItemStatus.DISTILLED if self.plan.distill else ItemStatus.SAVED
         if item.status in (ItemStatus.SAVED, ItemStatus.DISTILLED):
-            return self._kept(item)
-        async with self.gate:
-            budget = self.summary.ledger.budget
-            if budget.exhausted:
-                if not self.summary.not_started:
-                    self.reporter.note(
-                        f"{budget.message()}: no new conversation starts, running ones finish"
-                    )
-                self.summary.not_started += 1
-                return None
-            return await self._generate(item)
-
-    def _kept(self, item: RunItem) -> SourceConversation | None:
-        assert item.conversation_path is not None
-        self.summary.kept.append(item.conversation_path)
-        if item.status is ItemStatus.DISTILLED or not self.plan.distill:
-            return None
+            assert item.conversation_path is not None
+            self.summary.kept.append(item.conversation_path)
+            if item.status is not done:
+                await self._finish_distilling(item)
+            return
+        await self.gate.enter(item.index)
         try:
-            return read_conversations(item.conversation_path)[0]
-        except ValueError as error:
-            self.summary.failures.append((str(item.conversation_path), str(error)))
-            self.reporter.failed(str(item.conversation_path), str(error))
-            return None
+            if self.summary.ledger.budget.exhausted:
+                self._not_started()
+                return
+            await self._run_graph(item)
+        finally:
+            self.gate.leave(item.index)
 
-    async def _generate(self, item: RunItem) -> SourceConversation | None:
-        ctx = self.conversation_ctx
+    def _not_started(self) -> None:
+        if not self.summary.not_started:
+            budget = self.summary.ledger.budget
+            self.reporter.note(
+                f"{budget.message()}: no new conversation starts, running ones finish"
+            )
+        self.summary.not_started += 1
+
+    def _config(self, item: RunItem) -> RunnableConfig:
+        return {
+            "configurable": {"thread_id": item.conversation_id},
+            "recursion_limit": recursion_limit(self.ctx.max_rounds),
+            "max_concurrency": self.plan.concurrency,
+            "callbacks": [self.summary.ledger.callback(PIPELINE_PHASES)],
+        }
+
+    async def _run_graph(self, item: RunItem) -> None:
+        """Generate (and distill) one conversation, or go on from its last checkpoint."""
         seed = conversation_seed(self.plan.seed, item.index)
         scenario = pick_scenario(self.plan.scenarios, random.Random(seed))
         label = f"#{item.index + 1} {scenario.key}"
-        config: RunnableConfig = {
-            "configurable": {"thread_id": item.conversation_id},
-            "recursion_limit": recursion_limit(ctx.max_rounds),
-            "callbacks": [self.summary.ledger.callback("generation")],
-        }
-        snapshot = await self.conversation_graph.aget_state(config)
+        config = self._config(item)
+        snapshot = await self.graph.aget_state(config)
         inputs: dict[str, Any] | None = None
-        held_user_text: list[str] = []
         if snapshot.created_at is None:
             inputs = {
                 "scenario": scenario.to_record(),
@@ -236,18 +219,78 @@ class _DurableRun:
             }
             await self.manifest.set_status(self.run_id, item.index, ItemStatus.GENERATING)
         else:
-            held_user_text = _report_resumed(snapshot.values, label, self.reporter)
+            _report_resumed(snapshot.values, label, self.reporter)
+        saved: list[SourceConversation] = []
+
+        async def on_generated(output: dict[str, Any]) -> None:
+            saved.append(await self._save(item, label, output["conversation_record"]))
+            self.gate.leave(item.index)
+
+        if snapshot.values.get("conversation_record") and item.status is not ItemStatus.SAVED:
+            # Generated, but the process died before the file was written.
+            await on_generated(snapshot.values)
         try:
-            output = await _stream_conversation(
-                self.conversation_graph, inputs, config, ctx, label, self.reporter, held_user_text
-            )
+            output = await self._stream(inputs, config, label, None if saved else on_generated)
         except Exception as error:
             record_failure(self.summary, self.reporter, label, error)
-            return None
-        record = output["conversation_record"]
+            return
+        if not saved and output.get("conversation_record"):
+            await on_generated(output)
+        if self.plan.distill and saved:
+            await self._distilled(item, saved[0], output, label)
+        elif saved:
+            await self.saver.adelete_thread(item.conversation_id)
+
+    async def _stream(
+        self,
+        inputs: dict[str, Any] | None,
+        config: RunnableConfig,
+        label: str,
+        on_generated: Callable[[dict[str, Any]], Awaitable[None]] | None,
+    ) -> dict[str, Any]:
+        """Run (or, with no ``inputs``, resume) the graph; its final values. Progress comes
+        from the nodes' custom events; the generation step's output as soon as it is done."""
+        output: dict[str, Any] = {}
+        modes = [
+            "custom",
+            "updates",
+            "values",
+            *(["messages"] if self.reporter.shows_tokens else []),
+        ]
+        stream = self.graph.astream(
+            inputs, config, context=self.ctx, stream_mode=modes, subgraphs=True
+        )
+        async for namespace, mode, data in stream:
+            if mode == "custom":
+                _report_event(data, label, self.reporter)
+            elif mode == "messages":
+                chunk, meta = data
+                if meta.get("langgraph_node") == "respond" and isinstance(chunk, AIMessageChunk):
+                    self.reporter.assistant_token(label, chunk.text)
+            elif namespace:
+                continue
+            elif mode == "updates" and "generate" in data and on_generated is not None:
+                await on_generated(data["generate"])
+            elif mode == "values":
+                output = data
+        return output
+
+    async def _save(self, item: RunItem, label: str, record: dict[str, Any]) -> SourceConversation:
+        """Write the conversation under a new name, recorded before the write so that a crash
+        in between cannot lead to a second file of it."""
+        data = conversation_file(record)
+        scenario_key = record["metadata"]["scenario_key"]
         with stop_on_write_error(self.plan.conversation_dir, RESUME_HINT):
-            path = await self._save(item, scenario.key, record)
-        await self.saver.adelete_thread(item.conversation_id)
+            while True:
+                path = reserve_conversation_path(
+                    self.plan.conversation_dir, scenario_key, datetime.now()
+                )
+                await self.manifest.set_status(
+                    self.run_id, item.index, ItemStatus.WRITING, conversation_path=path
+                )
+                if write_if_free(path, data):
+                    break
+        await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
         self.summary.written.append(path)
         self.summary.rounds += record["total_rounds"]
         self.reporter.saved(label, str(path), record["total_rounds"])
@@ -255,27 +298,62 @@ class _DurableRun:
             source=str(path), stem=path.stem, messages=record["conversation"], record=record
         )
 
-    async def _save(self, item: RunItem, scenario_key: str, record: dict[str, Any]) -> Path:
-        """Write the conversation under a new name, recorded before the write so that a crash
-        in between cannot lead to a second file of it."""
-        data = conversation_file(record)
-        while True:
-            path = reserve_conversation_path(
-                self.plan.conversation_dir, scenario_key, datetime.now()
-            )
-            await self.manifest.set_status(
-                self.run_id, item.index, ItemStatus.WRITING, conversation_path=path
-            )
-            if write_if_free(path, data):
-                await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
-                return path
-
-    async def _distill(self, item: RunItem, source: SourceConversation) -> None:
+    async def _distilled(
+        self, item: RunItem, source: SourceConversation, output: dict[str, Any], label: str
+    ) -> None:
+        """Write the distilled file from the pipeline's output. Notes with no usable chunk
+        count as a failure: the file is kept, the item stays to be redone."""
         out_path = distilled_path(self.plan.distilled_dir, source.stem)
-        written = await distill_source(
+        usable = save_distilled(
+            source.source,
+            out_path,
+            output,
+            self.ctx,
+            self.summary,
+            self.reporter,
+            RESUME_HINT,
+            label,
+        )
+        await self.saver.adelete_thread(item.conversation_id)
+        if usable:
+            await self.manifest.set_status(
+                self.run_id, item.index, ItemStatus.DISTILLED, distilled_path=out_path
+            )
+
+    async def _finish_distilling(self, item: RunItem) -> None:
+        """A saved conversation not yet distilled: go on with its pipeline run if one is
+        checkpointed, else distill the saved file."""
+        config = self._config(item)
+        snapshot = await self.graph.aget_state(config)
+        path = item.conversation_path
+        assert path is not None
+        if snapshot.created_at is not None and snapshot.values.get("conversation_record"):
+            source = SourceConversation(
+                source=str(path),
+                stem=path.stem,
+                messages=snapshot.values["conversation_record"]["conversation"],
+                record=snapshot.values["conversation_record"],
+            )
+            try:
+                output = await self._stream(None, config, str(path), None)
+            except Exception as error:
+                record_failure(self.summary, self.reporter, str(path), error)
+                return
+            await self._distilled(item, source, {**snapshot.values, **output}, str(path))
+            return
+        await self._distill_file(item, path)
+
+    async def _distill_file(self, item: RunItem, path: Path) -> None:
+        try:
+            source = read_conversations(path)[0]
+        except ValueError as error:
+            record_failure(self.summary, self.reporter, str(path), error)
+            return
+        out_path = distilled_path(self.plan.distilled_dir, source.stem)
+        usable = await distill_source(
             source,
             out_path,
-            self.distill_ctx,
+            self.ctx,
             self.plan.concurrency,
             self.reporter,
             self.summary,
@@ -283,11 +361,11 @@ class _DurableRun:
             thread_id=item.distill_thread,
             retry_hint=RESUME_HINT,
         )
-        if written:
+        await self.saver.adelete_thread(item.distill_thread)
+        if usable:
             await self.manifest.set_status(
                 self.run_id, item.index, ItemStatus.DISTILLED, distilled_path=out_path
             )
-            await self.saver.adelete_thread(item.distill_thread)
 
     async def _close_if_complete(self) -> None:
         """Once every conversation is done, drop the run's checkpoints and mark it complete."""
@@ -313,59 +391,34 @@ def _holds(path: Path | None, item: RunItem) -> bool:
     return isinstance(data, dict) and data.get("id") == item.conversation_id
 
 
-def _report_resumed(values: dict[str, Any], label: str, reporter: Reporter) -> list[str]:
-    """Show where a resumed conversation stands; the latest user message, for the progress."""
+def _report_resumed(values: dict[str, Any], label: str, reporter: Reporter) -> None:
+    """Show where a resumed conversation stands."""
     target = values.get("target_rounds")
-    if target is not None:
-        rounds = values.get("rounds", 0)
-        reporter.started(label, target)
-        reporter.round_done(label, rounds)
-        reporter.note(f"{label}: resumed at round {rounds} of {target}")
+    if target is None:
+        return
+    rounds = values.get("rounds", 0)
+    reporter.started(label, target)
+    reporter.round_done(label, rounds)
+    reporter.note(f"{label}: resumed at round {rounds} of {target}")
     messages = values.get("conversation_messages") or []
-    return [messages[-1].text] if messages and isinstance(messages[-1], HumanMessage) else []
+    if messages and isinstance(messages[-1], HumanMessage):
+        reporter.user_message(label, messages[-1].text)
 
 
-async def _stream_conversation(
-    graph: Graph,
-    inputs: dict[str, Any] | None,
-    config: RunnableConfig,
-    ctx: ConversationContext,
-    label: str,
-    reporter: Reporter,
-    held_user_text: list[str],
-) -> dict[str, Any]:
-    """Run (or, with no ``inputs``, resume) one conversation; its final values."""
-    output: dict[str, Any] = {}
-    modes = ["updates", "values", *(["messages"] if reporter.shows_tokens else [])]
-    async for mode, data in graph.astream(inputs, config, context=ctx, stream_mode=modes):
-        if mode == "messages":
-            chunk, meta = data
-            if meta.get("langgraph_node") == "respond" and isinstance(chunk, AIMessageChunk):
-                reporter.assistant_token(label, chunk.text)
-        elif mode == "updates":
-            _report_update(data, label, reporter, held_user_text)
-        else:
-            output = data
-    return output
-
-
-def _report_update(
-    update: dict[str, Any], label: str, reporter: Reporter, held_user_text: list[str]
-) -> None:
-    """Progress from node updates; the user message is shown once noise has been applied."""
-    for node, values in update.items():
-        values = values or {}
-        if node == "start":
-            reporter.started(label, values["target_rounds"])
-        elif node == "simulate_user":
-            held_user_text[:] = [values["conversation_messages"][-1].text]
-        elif node == "add_noise":
-            noised = values.get("conversation_messages")
-            shown = [noised[-1].text] if noised else held_user_text
-            if shown:
-                reporter.user_message(label, shown[0])
-        elif node == "respond":
-            reporter.round_done(label, values["rounds"])
-        elif node == "switch_topic":
-            switch = values["topic_switches"][-1]
-            reporter.topic_switch(label, switch["reason"], switch["to_topic"])
+def _report_event(event: dict[str, Any], label: str, reporter: Reporter) -> None:
+    """The nodes' progress events (see conversation/state.py and distill/state.py)."""
+    kind = event.get("kind")
+    if kind == "started":
+        reporter.started(label, event["target_rounds"])
+    elif kind == "user_message":
+        reporter.user_message(label, event["text"])
+    elif kind == "round_done":
+        reporter.round_done(label, event["rounds"])
+    elif kind == "topic_switch":
+        reporter.topic_switch(label, event["reason"], event["to_topic"])
+    elif kind == "stalled":
+        reporter.note(f"{label}: stalled, ended early ({event.get('reason', 'no way out')})")
+    elif kind == "chunks":
+        reporter.distilling(label, event["chunks"])
+    elif kind == "chunk_done":
+        reporter.chunk_done(label)

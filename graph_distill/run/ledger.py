@@ -146,8 +146,9 @@ class CostLedger:
         tally.last_end = max(tally.last_end, self._clock())
         self.budget.spend(usage)
 
-    def callback(self, phase: Phase) -> LedgerCallback:
-        """A callback handler recording every model call of a graph run as ``phase``."""
+    def callback(self, phase: Phase | Mapping[str, Phase]) -> LedgerCallback:
+        """A callback handler recording every model call of a graph run as ``phase``, or, for
+        a graph of subgraphs, by the phase of the top-level node the call runs in."""
         return LedgerCallback(self, phase)
 
     def row(self, phase: Phase) -> LedgerRow:
@@ -165,40 +166,8 @@ class CostLedger:
     def rows(self) -> list[LedgerRow]:
         return [*(self.row(phase) for phase in PHASES), self.total()]
 
-    def table(self) -> str:
-        """The closing summary: one line per phase and the total, then the prices used."""
-        headers = ("", "calls", "input tokens", "cached", "output tokens", "est. cost", "wall time")
-        lines = [headers] + [_table_cells(row) for row in self.rows()]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
-        text = [
-            "  ".join(
-                cell.ljust(width) if i == 0 else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-            ).rstrip()
-            for line in lines
-        ]
-        p = self.prices
-        text.append(
-            f"Prices, USD per 1M tokens: input {p.input:g}, cached input {p.cached_input:g}, "
-            f"output {p.output:g} ({p.source})."
-        )
-        return "\n".join(text)
-
     def figures(self) -> dict[str, Any]:
         return {row.phase: row.figures() for row in self.rows()}
-
-
-def _table_cells(row: LedgerRow) -> tuple[str, ...]:
-    usage = row.usage
-    return (
-        row.phase,
-        f"{usage['calls']:,}",
-        f"{usage['input_tokens']:,}",
-        f"{usage['cached_tokens']:,}",
-        f"{usage['output_tokens']:,}",
-        format_usd(row.cost_usd),
-        "-" if row.wall_seconds is None else format_duration(row.wall_seconds),
-    )
 
 
 def format_usd(amount: float) -> str:
@@ -222,19 +191,27 @@ class LedgerCallback(BaseCallbackHandler):
     # Called in the event loop's thread, in order: no thread pool, no lock needed.
     run_inline = True
 
-    def __init__(self, ledger: CostLedger, phase: Phase) -> None:
+    def __init__(self, ledger: CostLedger, phase: Phase | Mapping[str, Phase]) -> None:
         self.ledger = ledger
         self.phase = phase
-        self._started: dict[UUID, float] = {}
+        self._started: dict[UUID, tuple[float, Phase]] = {}
 
-    def on_chat_model_start(self, *args: Any, run_id: UUID, **kwargs: Any) -> None:
-        self._started[run_id] = self.ledger.now()
+    def on_chat_model_start(
+        self, *args: Any, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        self._started[run_id] = (self.ledger.now(), self._phase_of(metadata or {}))
+
+    def _phase_of(self, metadata: Mapping[str, Any]) -> Phase:
+        if isinstance(self.phase, str):
+            return self.phase
+        top_node = str(metadata.get("langgraph_checkpoint_ns", "")).split(":", 1)[0]
+        return self.phase.get(top_node, PHASES[0])
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        started = self._started.pop(run_id, self.ledger.now())
+        started, phase = self._started.pop(run_id, (self.ledger.now(), PHASES[0]))
         generations = response.generations[0] if response.generations else []
         if generations and isinstance(generations[0], ChatGeneration):
-            self.ledger.record(self.phase, usage_of(generations[0].message), started)
+            self.ledger.record(phase, usage_of(generations[0].message), started)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._started.pop(run_id, None)

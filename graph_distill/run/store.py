@@ -23,31 +23,9 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 DB_NAME = ".graph-distill-runs.sqlite"
-
-
 # How long a write waits for another process's (two runs may share a directory).
 BUSY_TIMEOUT_SECONDS = 60.0
-
-
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
-
-
-# The option that sets each setting, for the messages of a refused resume.
-SETTING_OPTIONS = {
-    "count": "-n/--num-conversations",
-    "seed": "--seed",
-    "min_rounds": "--min-rounds",
-    "max_rounds": "--max-rounds",
-    "typo_rate": "--typo-rate",
-    "scenarios": "--scenario",
-    "scenario_texts": "--scenarios-file (the scenarios' texts)",
-    "distill": "distill (--no-distill)",
-    "distilled_dir": "-d/--distilled-dir",
-    "split_method": "--split-method",
-    "max_tokens": "--max-tokens",
-    "overlap_tokens": "--overlap-tokens",
-    "max_turns": "--max-turns",
-}
 
 
 _SCHEMA = """
@@ -112,22 +90,6 @@ def db_path(conversation_dir: Path) -> Path:
 
 def new_run_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def setting_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """One line per setting that differs, naming the option that sets it."""
-    return [
-        f"{SETTING_OPTIONS.get(key, key)}: the run has {_shown(stored.get(key))}, "
-        f"this command {_shown(current.get(key))}"
-        for key in dict.fromkeys([*stored, *current])
-        if stored.get(key) != current.get(key)
-    ]
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "(none)"
-    return "(not set)" if value is None else str(value)
 
 
 def latest_unfinished_run(conversation_dir: Path) -> StoredRun | None:

@@ -31,6 +31,7 @@ KIND_MARKS = {
         ("collapse", "distill_collapse"),
         ("reduce", "distill_reduce"),
         ("repair", "repair_json"),
+        ("raw_summary", "distill_raw_summary"),
     ]
 }
 
@@ -58,7 +59,12 @@ def conversation(messages: int) -> list[dict[str, str]]:
 
 
 def context(server: FakeOpenAIServer, **settings: Any) -> DistillContext:
-    defaults: dict[str, Any] = {"split_method": "turns", "max_turns": 4, "max_retries": 0}
+    defaults: dict[str, Any] = {
+        "split_method": "turns",
+        "max_turns": 4,
+        "overlap_turns": 2,
+        "max_retries": 0,
+    }
     return DistillContext(
         base_url=server.base_url, api_key="test-key", model="fake-model", **{**defaults, **settings}
     )
@@ -265,12 +271,19 @@ async def test_broken_json_gets_one_repair_call() -> None:
     assert all(record["status"] == "ok" for record in result["distilled_chunks"])
 
 
-async def test_unusable_replies_keep_every_chunk_raw_and_marked() -> None:
+async def test_unusable_replies_keep_every_chunk_raw_and_the_summary_comes_from_the_text() -> None:
     refusal = "Sorry, I would rather not write JSON today."
-    with FakeOpenAIServer(responder=lambda body: refusal) as server:
+    summary = "Overall Conversation Topic: subjects one to nine"
+
+    def respond(body: dict[str, Any]) -> str:
+        return summary if request_kind(body) == "raw_summary" else refusal
+
+    with FakeOpenAIServer(responder=respond) as server:
         result = await distill(server, conversation(10))
-        # One attempt and one repair per chunk; nothing left to reduce.
-        assert kinds(server) == {"chunk": 4, "repair": 4}
+        # One attempt and one repair per chunk; no notes to reduce: one summary of the text.
+        assert kinds(server) == {"chunk": 4, "repair": 4, "raw_summary": 1}
+        asked = next(b for b in server.requests if request_kind(b) == "raw_summary")
+    assert "Message 9 is about subject9" in last_text(asked)
     records = result["distilled_chunks"]
     assert [r["chunk_index"] for r in records] == [0, 1, 2, 3]
     for record in records:
@@ -278,8 +291,8 @@ async def test_unusable_replies_keep_every_chunk_raw_and_marked() -> None:
         assert record["distilled_content"] == refusal
         assert "JSON" in record["error"]
         assert record["original_messages"]
-    assert result["final_summary"] == ""
-    assert result["distill_usage"]["calls"] == 8
+    assert result["final_summary"] == summary
+    assert result["distill_usage"]["calls"] == 9
 
 
 async def test_raw_chunks_stay_out_of_the_reduce() -> None:

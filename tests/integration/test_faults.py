@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from graph_distill.llm import models
 from graph_distill.cli.main import main
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.scenarios import builtin_scenarios
+from graph_distill.llm import models
 from graph_distill.llm.throttle import shared_throttle
 from graph_distill.run.generation import RunPlan, run_conversations
 from graph_distill.run.progress import Reporter
@@ -187,7 +187,7 @@ async def test_cut_streams_are_never_saved(tmp_path: Path) -> None:
             seed=23,
             concurrency=8,
         )
-        summary = await run_conversations(plan, ctx, ctx, reporter)
+        summary = await run_conversations(plan, ctx, reporter)
         records = server.records
     assert not summary.failures
     cut = [r for r in records if r.fault == "drop"]

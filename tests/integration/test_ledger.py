@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,9 +12,11 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from rich.console import Console
 
-from graph_distill.llm import models
+from graph_distill.cli.terminal import cost_table
 from graph_distill.context import PipelineContext
+from graph_distill.llm import models
 from graph_distill.llm.models import chat_model
 from graph_distill.llm.throttle import ThrottleStats
 from graph_distill.llm.usage import Usage
@@ -132,7 +135,9 @@ def test_a_phase_without_items_shows_zeros_and_no_wall_time() -> None:
 
 def test_table_shows_each_phase_the_total_and_the_prices() -> None:
     clock = Clock()
-    lines = filled_ledger(clock).table().splitlines()
+    console = Console(file=io.StringIO(), width=200)
+    console.print(cost_table(filled_ledger(clock)))
+    lines = console.file.getvalue().rstrip().splitlines()  # type: ignore[attr-defined]
     assert len(lines) == 5
     header, generation, distillation, total, prices = lines
     assert header.split() == ["calls", "input", "tokens", "cached", "output", "tokens", "est.",

@@ -6,8 +6,8 @@ import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from graph_distill.llm import models
 from graph_distill.context import ConversationContext, DistillContext, ModelContext
+from graph_distill.llm import models
 from graph_distill.llm.models import (
     LLM_RETRY,
     chat_model,

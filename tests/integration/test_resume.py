@@ -238,7 +238,7 @@ def test_resume_refuses_other_settings_and_keeps_the_seed(tmp_path: Path) -> Non
         refused = invoke(*run_args(server, tmp_path, *with_option(options, "--seed", "4")))
     assert refused.exit_code == 2 and "refused the API key" in refused.output
     run = latest_unfinished_run(tmp_path / "conv")
-    assert run is not None and run.settings["seed"] == 4
+    assert run is not None and run.settings["--seed"] == 4
     with FakeOpenAIServer(RoleResponder()) as server:  # another URL: that does not matter
         for name, value, shown in (
             ("-n", "4", "-n/--num-conversations"),
@@ -318,7 +318,7 @@ def test_crash_between_writing_a_file_and_recording_it_leaves_no_duplicate(
         )
         monkeypatch.setattr(RunManifest, "set_status", crash_when_saved)
         with pytest.raises(Crash):
-            asyncio.run(run_conversations(plan, ctx, ctx, Reporter()))
+            asyncio.run(run_conversations(plan, ctx, Reporter()))
         monkeypatch.setattr(RunManifest, "set_status", original)
         [path] = json_files(tmp_path / "conv")
         run = latest_unfinished_run(tmp_path / "conv")
@@ -327,7 +327,7 @@ def test_crash_between_writing_a_file_and_recording_it_leaves_no_duplicate(
         assert db_rows(tmp_path, status) == [(ItemStatus.WRITING, str(path))]
         calls = server.calls
         plan.run_id = run.run_id
-        summary = asyncio.run(run_conversations(plan, ctx, ctx, Reporter()))
+        summary = asyncio.run(run_conversations(plan, ctx, Reporter()))
         assert server.calls == calls  # the finished conversation was not asked again
     assert list(json_files(tmp_path / "conv")) == [path] == summary.kept
     assert not summary.written and latest_unfinished_run(tmp_path / "conv") is None

@@ -13,8 +13,8 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage
 
-from graph_distill.llm import models
 from graph_distill.context import PipelineContext
+from graph_distill.llm import models
 from graph_distill.llm.models import chat_model
 from graph_distill.llm.throttle import (
     BackoffPolicy,
