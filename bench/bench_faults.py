@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_generate import Row, print_table, realistic_responder
 
-from graph_distill.context import ConversationContext, DistillContext
+from graph_distill.context import ConversationContext
 from graph_distill.conversation.scenarios import Scenario, builtin_scenarios, pick_scenario
 from graph_distill.llm.throttle import shared_throttle
 from graph_distill.run.generation import RunPlan, conversation_seed, run_conversations
@@ -179,7 +179,6 @@ async def _generate(base_url: str, shape: Shape, count: int) -> tuple[float, int
             min_rounds=shape.rounds,
             max_rounds=shape.rounds,
         )
-        distill_ctx = DistillContext(base_url=base_url, api_key="bench", model="fake-model")
         began = time.perf_counter()
         summary = await run_conversations(plan, ctx, Reporter())
         wall = time.perf_counter() - began

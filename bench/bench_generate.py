@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import openai
 
-from graph_distill.context import ConversationContext, DistillContext
+from graph_distill.context import ConversationContext
 from graph_distill.conversation.scenarios import builtin_scenarios
 from graph_distill.llm.prompting import load_prompt
 from graph_distill.run.generation import RunPlan, run_conversations
@@ -223,7 +223,6 @@ async def generate(
             distill=False,
         )
         ctx = conversation_context(base_url, rounds, **overrides)
-        distill_ctx = DistillContext(base_url=base_url, api_key="bench", model="fake-model")
         summary = await run_conversations(plan, ctx, Reporter())
     if summary.failures or summary.rounds != conversations * rounds:
         raise RuntimeError(f"bad run: {summary.failures or summary.closing_line()}")
