@@ -89,12 +89,13 @@ class LiveReporter(LineReporter):
         self.live.start()
 
     def _view(self) -> Group:
-        header = Text(f"── {self.shown} ──", style="bold") if self.shown else Text("")
+        if self.shown is None:
+            return Group(self.progress)
         lines = list(self.text)
         if self.reply is not None:
             lines += f"[assistant] {self.reply}".splitlines()
-        body = Text("\n".join(lines[-LIVE_TEXT_LINES:]))
-        return Group(header, body, self.progress)
+        header = Text(f"── {self.shown} ──", style="bold")
+        return Group(header, Text("\n".join(lines[-LIVE_TEXT_LINES:])), self.progress)
 
     def _refresh(self, now: bool = False) -> None:
         """Redraw: at once for a whole message, at the next tick for a token."""
