@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, Literal
 
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from graph_distill.llm.structured import OutputSpec
 from graph_distill.llm.usage import Usage, add_usage
@@ -38,9 +38,14 @@ NOTES_SCHEMA = {
 NOTES_SPEC = OutputSpec(name="conversation_notes", schema=NOTES_SCHEMA)
 
 
+CitedBy = Literal["filled", "inherited"]
+
+
 class NoteItem(TypedDict):
     text: str
     turns: list[int]
+    # Present only when the distiller supplied the turns (see distill.notes).
+    cited: NotRequired[CitedBy]
 
 
 class Notes(TypedDict):

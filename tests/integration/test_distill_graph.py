@@ -464,9 +464,9 @@ def test_recover_citations_prefers_the_closest_source_items() -> None:
         ]
     )
     assert recover_citations(merged, sources)["key_insights"] == [
-        item("Alpha beta gamma delta and also theta iota kappa", [1, 3]),
+        {**item("Alpha beta gamma delta and also theta iota kappa", [1, 3]), "cited": "inherited"},
         item("Epsilon zeta eta", [2]),
-        item("Unrelated words entirely", [1, 2, 3]),
+        {**item("Unrelated words entirely", [1, 2, 3]), "cited": "filled"},
     ]
 
 
