@@ -598,3 +598,10 @@ def check(**kwargs: Any) -> None:
         )
 
     _execute(flags, False, work)
+
+
+# The data commands use the options above; imported last so that they can.
+from graph_distill.cli import data  # noqa: E402
+
+for _command in (data.report, data.export):
+    main.add_command(_command)

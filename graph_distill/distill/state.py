@@ -8,9 +8,9 @@ from. Chunk notes may cite only their chunk's turns; merged notes keep their sou
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from graph_distill.llm.structured import OutputSpec
 from graph_distill.llm.usage import Usage, add_usage

@@ -186,7 +186,8 @@ def quality_section(f: dict[str, Any], plots: Mapping[str, str], numbers: Mappin
             '<div class="grid"><div><h3>Most degenerate conversations</h3>',
             table(["conversation", "share"], worst) if worst else "<p>None.</p>",
             "</div><div><h3>Near-duplicate pairs</h3>",
-            f'<table data-table="near_duplicates"><tr><th>earlier</th><th>later</th><th>Jaccard</th></tr>{pairs}</table>'
+            '<table data-table="near_duplicates"><tr><th>earlier</th><th>later</th>'
+            f"<th>Jaccard</th></tr>{pairs}</table>"
             if pairs
             else "<p>None.</p>",
             "</div></div></section>",
@@ -197,7 +198,10 @@ def quality_section(f: dict[str, Any], plots: Mapping[str, str], numbers: Mappin
 def distillation_section(f: dict[str, Any], plots: Mapping[str, str]) -> str:
     coverage, validity = f["coverage"], f["citation_validity"]
     if not coverage["files"]:
-        return '<section id="distillation"><h2>Distillation quality</h2><p>No distilled files (give -d).</p></section>'
+        return (
+            '<section id="distillation"><h2>Distillation quality</h2>'
+            "<p>No distilled files (give -d).</p></section>"
+        )
     compression, raw = f["compression"], f["raw_chunks"]
     cards = "".join(
         [
@@ -334,7 +338,8 @@ def render_page(
             "<title>graph-distill report</title>",
             f"<style>{_asset('viewer.css')}</style></head><body>",
             "<header><h1>graph-distill report</h1>",
-            f"<p>{escape(source)} · generated {escape(figures['generated_at'])} · figures also in report.json</p>",
+            f"<p>{escape(source)} · generated {escape(figures['generated_at'])} · "
+            "figures also in report.json</p>",
             f"<ul>{skipped}</ul>" if skipped else "",
             '<nav><a href="#profile">Profile</a><a href="#quality">Generation quality</a>'
             '<a href="#distillation">Distillation quality</a>'
@@ -347,9 +352,11 @@ def render_page(
             reference_section(figures, plots),
             judge_section(figures),
             '<section id="viewer"><h2>Conversations</h2><div class="layout"><div>',
-            '<input id="search" type="search" placeholder="Search name, id, scenario, first message">',
-            '<div id="pager"><button id="prev">‹</button><button id="next">›</button><span id="page-info"></span></div>',
-            '<div id="list"></div></div><div id="conversation"><p class="explain">Pick a conversation.</p></div>',
+            '<input id="search" type="search" '
+            'placeholder="Search name, id, scenario, first message">',
+            '<div id="pager"><button id="prev">‹</button><button id="next">›</button>',
+            '<span id="page-info"></span></div><div id="list"></div></div>',
+            '<div id="conversation"><p class="explain">Pick a conversation.</p></div>',
             "</div></section>",
             f'<script id="gd-index" type="application/json">{script_json(entries)}</script>',
             f"<script>{_asset('viewer.js')}</script>",

@@ -10,8 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 
 WIDTH, HEIGHT = 5.2, 2.8
 COLORS = ("#3b6ea8", "#d9822b", "#5a9e6f", "#b34a4a")

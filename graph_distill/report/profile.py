@@ -9,7 +9,7 @@ from typing import Any
 
 from graph_distill.llm.usage import USAGE_KEYS, add_usage, empty_usage
 from graph_distill.report.dataset import Conversation
-from graph_distill.report.stats import distribution, histogram, share, words
+from graph_distill.report.stats import distribution, histogram, share
 
 
 @dataclass

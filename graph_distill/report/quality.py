@@ -4,9 +4,9 @@ across the dataset (distinct-2), and conversations that nearly repeat another (M
 from __future__ import annotations
 
 import zlib
-from itertools import chain
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain, pairwise
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ _MASK32 = 0xFFFFFFFF
 
 def pair_hashes(tokens: Sequence[str]) -> list[int]:
     """Hashes of the consecutive word pairs of ``tokens``."""
-    return list(map(hash, zip(tokens, tokens[1:], strict=False)))
+    return list(map(hash, pairwise(tokens)))
 
 
 def distinct(values: np.ndarray) -> np.ndarray:
