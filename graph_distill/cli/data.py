@@ -23,7 +23,7 @@ from graph_distill.cli.main import (
 )
 from graph_distill.export.card import CardFacts, render_card
 from graph_distill.export.rows import FORMATS, rows_of
-from graph_distill.export.writing import target_for, write_card, writer_for
+from graph_distill.export.writing import EmptyExport, target_for, write_card, writer_for
 from graph_distill.files.readers import InputError
 from graph_distill.llm.models import describe_error
 from graph_distill.llm.settings import ModelSettings
@@ -217,11 +217,10 @@ def export(**kwargs: Any) -> None:
         count = writer_for(export_format)(target.data, rows)
     except (DatasetError, InputError) as error:
         _fail(str(error))
+    except EmptyExport:
+        _fail("no conversation passes the filters: nothing written")
     except OSError as error:
         _fail(f"{target.data} cannot be written: {error.strerror or error}")
-    if not profile.rounds:
-        target.data.unlink(missing_ok=True)
-        _fail("no conversation passes the filters: nothing written")
     facts = CardFacts(
         export_format=export_format,
         data_file=target.data.name,

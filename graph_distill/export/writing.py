@@ -31,6 +31,10 @@ PARQUET_SCHEMA = pa.schema(
 )
 
 
+class EmptyExport(ValueError):
+    """No row to write: the file is left as it was."""
+
+
 @dataclass(frozen=True)
 class Target:
     """The data file and the card of an export."""
@@ -67,6 +71,8 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
         for row in rows:
             stream.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
+        if not count:
+            raise EmptyExport(str(path))
     return count
 
 
@@ -79,7 +85,9 @@ def write_parquet(path: Path, rows: Iterable[dict[str, Any]]) -> int:
             if len(batch) == PARQUET_BATCH_ROWS:
                 writer.write_table(pa.Table.from_pylist(batch, schema=PARQUET_SCHEMA))
                 count, batch = count + len(batch), []
-        if batch or count == 0:
+        if not batch and not count:
+            raise EmptyExport(str(path))
+        if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=PARQUET_SCHEMA))
             count += len(batch)
     return count

@@ -1,5 +1,5 @@
 // The conversation viewer: a paged, searchable list; each conversation's script is loaded
-// beside the page when it is opened (no fetch(): pages opened from file:// may not use it).
+// beside the page when it is opened (pages opened from file:// may not fetch files).
 (function () {
   "use strict";
   var PAGE = 50;
