@@ -7,29 +7,31 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 WIDTH, HEIGHT = 5.2, 2.8
 COLORS = ("#3b6ea8", "#d9822b", "#5a9e6f", "#b34a4a")
-plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False})
-plt.rcParams.update({"axes.spines.right": False, "svg.hashsalt": "graph-distill"})
+STYLE = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "graph-distill",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 
 
 def svg(draw: Callable[[Axes], None], title: str) -> str:
     """One plot as an ``<svg>`` element (no XML prologue, no fixed pixel size)."""
-    figure, axes = plt.subplots(figsize=(WIDTH, HEIGHT))
-    try:
+    # A bare Figure (no pyplot): nothing global, nothing to close, no GUI backend.
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(WIDTH, HEIGHT))
+        axes = figure.subplots()
         draw(axes)
         axes.set_title(title, fontsize=10, loc="left")
         figure.tight_layout()
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None})
-    finally:
-        plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg") :]
 
