@@ -112,7 +112,6 @@ async def run_judge(
     cost_of: CostOf,
     *,
     concurrency: int = 4,
-    on_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Every task judged (``concurrency`` calls at once); the figures of the report's judge."""
     model = chat_model(ctx, "distill", temperature=0.0, max_tokens=JUDGE_MAX_OUTPUT_TOKENS)
@@ -121,8 +120,6 @@ async def run_judge(
     async def one(task: JudgeTask) -> tuple[JudgeTask, list[bool] | None, Usage]:
         async with gate:
             reply = await ainvoke_structured(model, task.prompt(), VERDICTS_SPEC)
-        if on_done is not None:
-            on_done()
         return task, _verdicts(reply.value, len(task.items)), reply.usage
 
     results = await asyncio.gather(*(one(task) for task in tasks))

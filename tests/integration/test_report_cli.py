@@ -241,3 +241,57 @@ def test_judge_counts_supported_items_calls_and_cost(
     assert judge["cost_usd"] == round(estimate_cost(judge["usage"], MIMO_V2_FLASH_PRICES), 6)
     assert f"in {len(tasks)} call(s)" in result.output
     assert len(judge["files"]) == 6
+
+
+def test_distilled_records_in_one_file_match_by_source(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.jsonl"
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"ask {n}"},
+                {"role": "assistant", "content": f"tell {n}"},
+            ]
+        }
+        for n in range(3)
+    ]
+    dump.write_text("".join(json.dumps(r) + "\n" for r in records))
+    distilled = [
+        distilled_record(source.source, source.messages) for source in read_conversations(dump)
+    ]
+    # Written elsewhere, from another working directory: the file name and position match.
+    for record in distilled:
+        record["source"] = "/elsewhere/" + record["source"]
+    all_distilled = write_json(tmp_path / "out" / "distilled_all.json", distilled[::-1][:2])
+    dataset = Dataset(dump, all_distilled)
+    found = {c.key: c.distilled is not None for c in dataset}
+    assert found == {"dump_1": False, "dump_2": True, "dump_3": True}
+
+
+def test_report_sets_simulated_users_beside_a_reference(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    conversations, _ = dataset
+    real = tmp_path / "real.json"
+    real.write_text(
+        json.dumps(
+            [
+                {
+                    "conversations": [
+                        {"from": "human", "value": "why?"},
+                        {"from": "gpt", "value": "ok"},
+                    ]
+                }
+            ]
+        )
+    )
+    args = ["report", "-c", str(conversations), "-o", str(tmp_path / "out")]
+    assert invoke(*args, "--reference", str(real)).exit_code == 0
+    reference = json.loads((tmp_path / "out" / "report.json").read_text())["reference"]
+    assert reference["real"]["question_share"] == 1.0
+    assert reference["simulated"]["user_messages"] == 6 * 12
+    assert '<section id="reference">' in (tmp_path / "out" / "index.html").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = invoke(*args, "--reference", str(bad))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: --reference {bad}: not valid JSON")
