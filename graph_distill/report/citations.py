@@ -50,27 +50,34 @@ def _content_stem(word: str) -> str:
     return word
 
 
-def is_supported(text: str, cited: Sequence[set[str]]) -> bool:
-    """Whether enough of ``text``'s content words occur in the cited turns (their stems)."""
-    wanted = content_stems(words(text))
+@lru_cache(maxsize=1 << 16)
+def _forms(stem: str) -> tuple[str, ...]:
+    return (stem, *(stem + suffix for suffix in _SUFFIXES))
+
+
+def is_supported(tokens: Sequence[str], cited: Sequence[set[str]]) -> bool:
+    """Whether enough of an item's content words (``tokens`` are its words) occur in the cited
+    turns (their sets of words), as written or with a common suffix."""
+    wanted = content_stems(tokens)
     if not wanted:
         return True
-    found = set().union(*cited)
-    return len(wanted & found) / len(wanted) >= SUPPORTED_SHARE
+    cited_words = set().union(*cited)
+    found = sum(not cited_words.isdisjoint(_forms(stem)) for stem in wanted)
+    return found / len(wanted) >= SUPPORTED_SHARE
 
 
-class _TurnStems:
-    """Content stems of each turn, worked out the first time a note cites it."""
+class _TurnWords:
+    """Each turn's set of words, made the first time a note cites it."""
 
     def __init__(self, tokens: Sequence[Sequence[str]]) -> None:
         self.tokens = tokens
-        self.stems: dict[int, set[str]] = {}
+        self.sets: dict[int, set[str]] = {}
 
     def of(self, turns: Sequence[int]) -> list[set[str]]:
         for turn in turns:
-            if turn not in self.stems:
-                self.stems[turn] = content_stems(self.tokens[turn])
-        return [self.stems[turn] for turn in turns]
+            if turn not in self.sets:
+                self.sets[turn] = set(self.tokens[turn])
+        return [self.sets[turn] for turn in turns]
 
 
 @dataclass
@@ -102,12 +109,12 @@ class FileCitations:
 def file_citations(tokens: Sequence[Sequence[str]], distilled: dict[str, Any]) -> FileCitations:
     """Citation figures of one distilled file; ``tokens`` are its conversation's words."""
     figures = FileCitations(turns=len(tokens))
-    stems = _TurnStems(tokens)
+    turn_words = _TurnWords(tokens)
     for chunk in distilled.get("distilled_chunks") or []:
         figures.chunks += 1
         if chunk.get("status") == "raw":
             figures.raw += 1
-        _check_chunk(figures, stems, chunk)
+        _check_chunk(figures, turn_words, chunk)
     for item in note_items(distilled.get("final_notes")):
         if model_cited(item):
             turns = item.get("turns") or []
@@ -117,14 +124,15 @@ def file_citations(tokens: Sequence[Sequence[str]], distilled: dict[str, Any]) -
     return figures
 
 
-def _check_chunk(figures: FileCitations, stems: _TurnStems, chunk: dict[str, Any]) -> None:
+def _check_chunk(figures: FileCitations, turn_words: _TurnWords, chunk: dict[str, Any]) -> None:
     turns_total = figures.turns
     low, high = (chunk.get("turn_range") or [0, turns_total - 1])[:2]
     notes = chunk.get("notes") or {}
     figures.notes_words += len(words(str(notes.get("topic") or "")))
     for item in note_items(notes):
         figures.items += 1
-        figures.notes_words += len(words(item.get("text") or ""))
+        item_words = words(item.get("text") or "")
+        figures.notes_words += len(item_words)
         mark = item.get(CITED_KEY)
         turns = [t for t in item.get("turns") or [] if isinstance(t, int)]
         if mark is not None or not turns:
@@ -135,7 +143,7 @@ def _check_chunk(figures: FileCitations, stems: _TurnStems, chunk: dict[str, Any
         figures.citations += len(turns)
         figures.in_range += len(valid)
         figures.cited.update(valid)
-        figures.supported += is_supported(item.get("text") or "", stems.of(valid))
+        figures.supported += is_supported(item_words, turn_words.of(valid))
 
 
 @dataclass

@@ -26,7 +26,6 @@ def write_report(
 ) -> Analysis:
     """Measure ``dataset`` and write the report into ``out_dir``; with ``judge``, its figures
     (``judge(dataset)``) go in too."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     viewer = ViewerWriter(out_dir)
     analysis = analyze(dataset, reference=reference, sink=viewer)
     if judge is not None:

@@ -27,11 +27,12 @@ class ViewerWriter:
 
     def __init__(self, out_dir: Path) -> None:
         self.folder = out_dir / CONVERSATIONS_DIR
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.entries: list[dict[str, Any]] = []
 
     def __call__(self, conversation: Conversation, measured: Measured) -> None:
         data = conversation_view(conversation, measured)
+        if not self.entries:
+            self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"c{conversation.number}.js"
         path.write_text(f"GD.receive({conversation.number},{script_json(data)});\n", "utf-8")
         first_user = next((m["content"] for m in conversation.messages if m["role"] == "user"), "")

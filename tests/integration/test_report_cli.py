@@ -202,6 +202,7 @@ def test_user_mistakes_get_one_line_and_exit_2(args: list[str], message: str) ->
     result = invoke(*args)
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [message]
+    assert not Path("out").exists()
 
 
 def judge_responder(body: dict[str, Any]) -> str:
