@@ -157,9 +157,12 @@ def _judge(
             _fail(f"judge: {describe_error(error)}")
         if not quiet:
             usage = figures["usage"]
+            unusable = figures["unanswered_calls"]
             click.echo(
-                f"Judged {figures['items']:,} item(s): {figures['supported_share']} supported; "
-                f"{usage['calls']:,} call(s), {usage['input_tokens']:,} input and "
+                f"Judged {figures['items']:,} of {items:,} item(s), "
+                f"{figures['supported']:,} supported"
+                + (f" ({unusable:,} call(s) gave no usable verdicts)" if unusable else "")
+                + f"; {usage['calls']:,} call(s), {usage['input_tokens']:,} input and "
                 f"{usage['output_tokens']:,} output tokens, est. {format_usd(figures['cost_usd'])}",
                 err=True,
             )
