@@ -28,6 +28,10 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _usd(amount: float | None) -> str | None:
+    return None if amount is None else f"{amount:.4f}"
+
+
 def card(label: str, value: Any, figure: str | None = None, note: str = "") -> str:
     attribute = f' data-figure="{escape(figure)}"' if figure else ""
     note_html = f'<span class="note">{escape(note)}</span>' if note else ""
@@ -87,7 +91,9 @@ def profile_section(f: dict[str, Any], plots: Mapping[str, str]) -> str:
             card("Realized typo rate", f["typo_rate"], "typo_rate", "noised user messages"),
             card("Topic switches", f["topic_switches"]["total"], "topic_switches"),
             card("Role breaks regenerated", f["role_breaks"]["regenerated"], "role_breaks"),
-            card("Estimated cost (USD)", usage["cost_usd"], "cost_usd", "from the run reports"),
+            card(
+                "Estimated cost (USD)", _usd(usage["cost_usd"]), "cost_usd", "from the run reports"
+            ),
         ]
     )
     lengths = [distribution_rows(role, v) for role, v in f["message_words"].items()]
@@ -312,9 +318,9 @@ def judge_section(f: dict[str, Any]) -> str:
             ),
             card(
                 "Cost (USD)",
-                judge["cost_usd"],
+                _usd(judge["cost_usd"]),
                 "judge_cost",
-                f"estimated {judge['estimate']['cost_usd']:g}",
+                f"estimated {_usd(judge['estimate']['cost_usd'])}",
             ),
             "</div>",
             table(["conversation", "items", "supported", "share"], per_file, "judge"),

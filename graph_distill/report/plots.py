@@ -52,11 +52,12 @@ def histogram_bars(histograms: Mapping[str, Mapping[str, Sequence[float]]], xlab
     return draw
 
 
-def shares_bars(labels: Sequence[str], values: Sequence[float | None], ylabel: str):
+def shares_bars(labels: Sequence[str], values: Sequence[float | None], xlabel: str, ylabel: str):
     def draw(axes: Axes) -> None:
         axes.bar(labels, [v or 0.0 for v in values], color=COLORS[0])
         axes.set_ylim(0, 1)
         axes.set_ylabel(ylabel)
+        axes.set_xlabel(xlabel)
 
     return draw
 
@@ -104,8 +105,9 @@ def report_plots(figures: dict[str, Any]) -> dict[str, str]:
     if figures["coverage"]["files"]:
         plots["coverage_by_position"] = svg(
             shares_bars(
-                [f"{10 * i}-{10 * i + 10}%" for i in range(10)],
+                [f"{10 * i}%" for i in range(10)],
                 figures["coverage_by_position"],
+                "position in the conversation (start of each tenth)",
                 "share of turns cited",
             ),
             "Coverage by position in the conversation",
