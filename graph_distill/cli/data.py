@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,9 @@ from graph_distill.report.output import INDEX_HTML, REPORT_JSON, write_report
 from graph_distill.report.profile import Profile
 from graph_distill.report.stats import words
 from graph_distill.run.ledger import estimate_cost, format_usd
+
+# Conversations are measured on every CPU.
+WORKERS = os.cpu_count() or 1
 
 
 def dataset_options(func: Any) -> Any:
@@ -108,7 +112,9 @@ def report(**kwargs: Any) -> None:
 
     try:
         reference = read_reference(kwargs["reference"]) if kwargs["reference"] else None
-        analysis = write_report(dataset, kwargs["output"], reference=reference, judge=judge)
+        analysis = write_report(
+            dataset, kwargs["output"], reference=reference, judge=judge, workers=WORKERS
+        )
     except (DatasetError, InputError) as error:
         _fail(str(error))
     except OSError as error:
@@ -214,7 +220,7 @@ def export(**kwargs: Any) -> None:
     if target.data.exists() and not kwargs["force"]:
         _fail(f"{target.data} exists: pass --force to replace it")
     try:
-        analysis = analyze(dataset)
+        analysis = analyze(dataset, workers=WORKERS)
         profile, dropped = Profile(), Counter[str]()
         rows = _export_rows(dataset, kwargs, analysis, profile, dropped)
         count = writer_for(export_format)(target.data, rows)

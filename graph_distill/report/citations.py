@@ -96,6 +96,8 @@ class FileCitations:
     raw: int = 0
     notes_words: int = 0
     final_cited: set[int] = field(default_factory=set)
+    conversation_words: int = 0
+    summary_words: int = 0
 
     @property
     def model_cited(self) -> int:
@@ -109,6 +111,8 @@ class FileCitations:
 def file_citations(tokens: Sequence[Sequence[str]], distilled: dict[str, Any]) -> FileCitations:
     """Citation figures of one distilled file; ``tokens`` are its conversation's words."""
     figures = FileCitations(turns=len(tokens))
+    figures.conversation_words = sum(len(message_tokens) for message_tokens in tokens)
+    figures.summary_words = len(words(str(distilled.get("final_summary") or "")))
     turn_words = _TurnWords(tokens)
     for chunk in distilled.get("distilled_chunks") or []:
         figures.chunks += 1
@@ -157,16 +161,14 @@ class Distillation:
     conversation_words: int = 0
     summary_words: int = 0
 
-    def add(self, tokens: Sequence[Sequence[str]], distilled: dict[str, Any]) -> FileCitations:
-        figures = file_citations(tokens, distilled)
+    def add(self, figures: FileCitations) -> None:
         self.files.append(figures)
         for turn in range(figures.turns):
             cell = self.by_position[turn * POSITION_BINS // figures.turns]
             cell[0] += 1
             cell[1] += turn in figures.cited
-        self.conversation_words += sum(len(message_tokens) for message_tokens in tokens)
-        self.summary_words += len(words(str(distilled.get("final_summary") or "")))
-        return figures
+        self.conversation_words += figures.conversation_words
+        self.summary_words += figures.summary_words
 
     def figures(self) -> dict[str, Any]:
         files = self.files

@@ -23,11 +23,12 @@ def write_report(
     *,
     reference: Sequence[Sequence[dict[str, str]]] | None = None,
     judge: Callable[[Dataset], dict[str, Any]] | None = None,
+    workers: int = 1,
 ) -> Analysis:
     """Measure ``dataset`` and write the report into ``out_dir``; with ``judge``, its figures
     (``judge(dataset)``) go in too."""
     viewer = ViewerWriter(out_dir)
-    analysis = analyze(dataset, reference=reference, sink=viewer)
+    analysis = analyze(dataset, reference=reference, sink=viewer, workers=workers)
     if judge is not None:
         analysis.figures["judge"] = judge(dataset)
     entries = viewer.index(analysis.degenerate, analysis.near_duplicates)

@@ -108,6 +108,56 @@ class _WordIds:
         return np.fromiter(map(ids.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
+_WORD_IDS = _WordIds()
+
+
+@dataclass(frozen=True)
+class QualityMeasure:
+    """What one conversation contributes: its rounds' degeneration flags, its distinct word-pair
+    hashes and pair count by role, and its MinHash signature."""
+
+    flags: list[bool]
+    role_pairs: dict[str, np.ndarray]
+    role_totals: dict[str, int]
+    signature: LeanMinHash
+
+
+def measure_quality(
+    messages: Sequence[dict[str, str]], tokens: Sequence[list[str]]
+) -> QualityMeasure:
+    pairs = [pair_hashes(message_tokens) for message_tokens in tokens]
+    features = [p if len(t) > 1 else [hash(tuple(t))] for p, t in zip(pairs, tokens, strict=True)]
+    by_role: dict[str, list[int]] = {}
+    for message, message_pairs in zip(messages, pairs, strict=True):
+        by_role.setdefault(message["role"], []).extend(message_pairs)
+    return QualityMeasure(
+        flags=degenerate_rounds(messages, features),
+        role_pairs={
+            role: distinct(np.array(role_pairs, dtype=np.int64))
+            for role, role_pairs in by_role.items()
+        },
+        role_totals={role: len(role_pairs) for role, role_pairs in by_role.items()},
+        signature=signature([t for message_tokens in tokens for t in message_tokens]),
+    )
+
+
+def signature(tokens: Sequence[str]) -> LeanMinHash:
+    """MinHash of the word 5-grams of ``tokens`` (a sample of them on long conversations)."""
+    ids = _WORD_IDS.of(tokens)
+    minhash = MinHash(num_perm=NUM_PERM, hashfunc=int)
+    if len(ids) >= SHINGLE_WORDS:
+        shingles = np.zeros(len(ids) - SHINGLE_WORDS + 1, dtype=np.uint64)
+        for offset in range(SHINGLE_WORDS):
+            window = ids[offset : len(ids) - SHINGLE_WORDS + 1 + offset]
+            shingles = (shingles * np.uint64(1_000_003) + window) & np.uint64(_MASK32)
+        shingles = distinct(shingles)
+        sampled = shingles[shingles % SHINGLE_SAMPLE == 0]
+        minhash.update_batch(
+            (sampled if len(sampled) >= MIN_SAMPLED_SHINGLES else shingles).tolist()
+        )
+    return LeanMinHash(minhash)
+
+
 @dataclass
 class Quality:
     """Gathered one conversation at a time (``add``); ``figures`` at the end."""
@@ -120,48 +170,20 @@ class Quality:
     pair_totals: dict[str, int] = field(default_factory=dict)
     signatures: list[tuple[int, LeanMinHash]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
-    _word_ids: _WordIds = field(default_factory=_WordIds)
 
-    def add(
-        self, key: str, messages: Sequence[dict[str, str]], tokens: Sequence[list[str]]
-    ) -> list[bool]:
-        """Measure one conversation; its rounds' degeneration flags."""
-        pairs = [pair_hashes(message_tokens) for message_tokens in tokens]
-        features = [
-            p if len(t) > 1 else [hash(tuple(t))] for p, t in zip(pairs, tokens, strict=True)
-        ]
-        flags = degenerate_rounds(messages, features)
+    def add(self, key: str, measure: QualityMeasure) -> None:
+        flags = measure.flags
         self.rounds += len(flags)
         self.degenerate += sum(flags)
         degenerate_share = sum(flags) / len(flags) if flags else 0.0
         if degenerate_share >= DEGENERATE_SHARE:
             self.flagged.append((key, round(degenerate_share, 4)))
         self.shares.append(degenerate_share)
-        by_role: dict[str, list[int]] = {}
-        for message, message_pairs in zip(messages, pairs, strict=True):
-            by_role.setdefault(message["role"], []).extend(message_pairs)
-        for role, role_pairs in by_role.items():
-            self.pairs.setdefault(role, []).append(distinct(np.array(role_pairs, dtype=np.int64)))
-            self.pair_totals[role] = self.pair_totals.get(role, 0) + len(role_pairs)
-        everything = [t for message_tokens in tokens for t in message_tokens]
-        self.signatures.append((len(self.keys), self._signature(everything)))
+        for role, role_pairs in measure.role_pairs.items():
+            self.pairs.setdefault(role, []).append(role_pairs)
+            self.pair_totals[role] = self.pair_totals.get(role, 0) + measure.role_totals[role]
+        self.signatures.append((len(self.keys), measure.signature))
         self.keys.append(key)
-        return flags
-
-    def _signature(self, tokens: Sequence[str]) -> LeanMinHash:
-        ids = self._word_ids.of(tokens)
-        minhash = MinHash(num_perm=NUM_PERM, hashfunc=int)
-        if len(ids) >= SHINGLE_WORDS:
-            shingles = np.zeros(len(ids) - SHINGLE_WORDS + 1, dtype=np.uint64)
-            for offset in range(SHINGLE_WORDS):
-                window = ids[offset : len(ids) - SHINGLE_WORDS + 1 + offset]
-                shingles = (shingles * np.uint64(1_000_003) + window) & np.uint64(_MASK32)
-            shingles = distinct(shingles)
-            sampled = shingles[shingles % SHINGLE_SAMPLE == 0]
-            minhash.update_batch(
-                (sampled if len(sampled) >= MIN_SAMPLED_SHINGLES else shingles).tolist()
-            )
-        return LeanMinHash(minhash)
 
     def figures(self) -> dict[str, Any]:
         return {

@@ -155,3 +155,11 @@ def test_reference_users_beside_simulated_ones(crafted: Dataset, tmp_path: Path)
     assert reference["real"]["question_share"] == 0.5
     assert reference["simulated"]["user_messages"] == 12 + 12 + 10 + 12
     assert reference["simulated"]["question_share"] == 0.0
+
+
+def test_worker_processes_give_the_same_figures(crafted: Dataset) -> None:
+    alone = analyze(crafted).figures
+    shared = analyze(crafted, workers=2).figures
+    for figures in (alone, shared):
+        figures.pop("generated_at")
+    assert shared == alone
