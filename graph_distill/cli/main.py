@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import random
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar
 
 import click
 
@@ -24,23 +23,18 @@ from graph_distill.context import (
     DistillContext,
     ModelContext,
     PipelineContext,
-    SettingError,
     recorded,
 )
 from graph_distill.conversation.scenarios import (
     Scenario,
-    ScenarioError,
     load_scenarios_file,
     select_scenarios,
 )
 from graph_distill.files.readers import SourceConversation, find_inputs
-from graph_distill.files.writing import distilled_path, ensure_writable_dir
-from graph_distill.llm.local_model import LocalModelError
+from graph_distill.files.writing import distilled_path
 from graph_distill.llm.models import chat_model, describe_error
-from graph_distill.llm.settings import ConfigError, ModelSettings
 from graph_distill.run.distilling import distill_inputs
 from graph_distill.run.generation import RunPlan, run_conversations, scenario_settings
-from graph_distill.run.ledger import Prices, default_prices, prices_with
 from graph_distill.run.lock import check_run_free
 from graph_distill.run.settings import (
     GenerationSettings,
@@ -49,18 +43,33 @@ from graph_distill.run.settings import (
     resume_settings,
 )
 from graph_distill.run.store import ResumeError, latest_unfinished_run
-from graph_distill.run.summary import FatalRunError, RunSummary
+from graph_distill.run.summary import RunSummary
 
+from .common import fail, finish, plain_errors, prices_for, require_writable
 from .options import given, options_from
 from .session import model_session
-from .terminal import choose_reporter, cost_table
-
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from .terminal import choose_reporter
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The commands; ``report`` and ``export`` (plots, MinHash, Parquet) are imported only
+    when used, so that the others start fast."""
+
+    lazy: ClassVar[dict[str, str]] = {
+        "report": "graph_distill.cli.data",
+        "export": "graph_distill.cli.data",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            return getattr(importlib.import_module(self.lazy[name]), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="graph-distill")
 def main() -> None:
     """Generate long synthetic user/assistant conversations and distill them into notes.
@@ -73,75 +82,6 @@ def main() -> None:
     gc.freeze()
     # Ctrl-C leaves the graph's pending coroutines unawaited; saying so helps no user.
     warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-@contextmanager
-def _plain_errors(interrupted: str = "error: interrupted") -> Iterator[None]:
-    """Known failures as one plain line and an exit code, never a traceback."""
-    try:
-        yield
-    except (
-        ConfigError,
-        LocalModelError,
-        ScenarioError,
-        FatalRunError,
-        ResumeError,
-        SettingError,
-    ) as error:
-        _fail(str(error))
-    except KeyboardInterrupt:
-        click.echo(interrupted, err=True)
-        sys.exit(EXIT_INTERRUPTED)
-
-
-def _require_writable(directory: Path, option: str) -> None:
-    try:
-        ensure_writable_dir(directory)
-    except OSError as error:
-        _fail(f"{option} {directory} cannot be written: {error.strerror or error}")
-
-
-def _prices(run: RunSettings, settings: ModelSettings, local: bool) -> Prices:
-    return prices_with(
-        input=run.price_input,
-        cached_input=run.price_cached,
-        output=run.price_output,
-        defaults=default_prices(settings.base_url, local=local),
-    )
-
-
-def _finish(summary: RunSummary, quiet: bool) -> NoReturn:
-    if summary.failures:
-        click.echo("Failed:", err=True)
-        for label, reason in summary.failures:
-            click.echo(f"  {label}: {reason}", err=True)
-    if summary.not_started:
-        click.echo(
-            f"{summary.not_started} conversation(s) not started: "
-            f"{summary.ledger.budget.message()}. To generate them, run the same command with "
-            "--resume (and a larger --budget-tokens)",
-            err=True,
-        )
-    elif summary.unfinished:
-        click.echo(
-            f"{summary.unfinished} conversation(s) unfinished: "
-            "run the same command with --resume to retry them",
-            err=True,
-        )
-    if not quiet:
-        from rich.console import Console
-
-        Console(stderr=True, highlight=False).print(cost_table(summary.ledger))
-        if summary.report_path is not None:
-            click.echo(f"Report: {summary.report_path}", err=True)
-    if not quiet or summary.failures:
-        click.echo(summary.closing_line(), err=True)
-    sys.exit(EXIT_FAILURES if summary.failures else 0)
 
 
 def _scenario_pool(names: tuple[str, ...], scenarios_file: Path | None) -> list[Scenario]:
@@ -164,19 +104,19 @@ def run_command(
         goes on where the run stopped. The run ends with a table of calls, tokens and estimated
         cost, also written to run_report.json in -c.
         """
-        with _plain_errors():
+        with plain_errors():
             run_settings = settings_type(**given(settings_type, values))
             ctx = context_type(**given(context_type, values))
             run_settings.check()
             ctx.check()
             plan = _run_plan(run_settings, ctx)
-        _require_writable(plan.conversation_dir, "-c/--conversation-dir")
+        require_writable(plan.conversation_dir, "-c/--conversation-dir")
         if plan.distill:
-            _require_writable(plan.distilled_dir, "-d/--distilled-dir")
+            require_writable(plan.distilled_dir, "-d/--distilled-dir")
         interrupted = "interrupted: to go on, run the same command with --resume"
-        with _plain_errors(interrupted):
+        with plain_errors(interrupted):
             summary = _generate(plan, ctx, run_settings)
-        _finish(summary, run_settings.quiet)
+        finish(summary, run_settings.quiet)
 
     return run
 
@@ -184,7 +124,7 @@ def run_command(
 def _generate(plan: RunPlan, ctx: PipelineContext, run_settings: GenerationSettings) -> RunSummary:
     quiet = run_settings.quiet
     with model_session(ctx, run_settings.local_model, quiet) as (ctx, settings, local):
-        plan.prices = _prices(run_settings, settings, local)
+        plan.prices = prices_for(run_settings, settings, local)
         if local:
             # One slot serves every request: interleaved conversations would only evict each
             # other's cached prompts.
@@ -278,7 +218,7 @@ def distill(**values: Any) -> None:
     Ends with a table of calls, tokens and estimated cost, also written to run_report.json
     beside the distilled files.
     """
-    with _plain_errors():
+    with plain_errors():
         run_settings = RunSettings(**given(RunSettings, values))
         ctx = DistillContext(**given(DistillContext, values))
         run_settings.check()
@@ -290,12 +230,12 @@ def distill(**values: Any) -> None:
         )
     inputs = find_inputs(input_path) if input_path.is_dir() else [input_path]
     if not inputs:
-        _fail(f"no .json or .jsonl files in {input_path}")
+        fail(f"no .json or .jsonl files in {input_path}")
     output: Path | None = values["output"]
     single_file_output = output is not None and not values["batch"] and output.suffix == ".json"
     default_dir = output if output is not None and not single_file_output else Path("distilled")
     report_dir = output.parent if single_file_output and output is not None else default_dir
-    _require_writable(report_dir, "-o/--output")
+    require_writable(report_dir, "-o/--output")
 
     def out_for(source: SourceConversation) -> Path:
         if single_file_output and output is not None and "#" not in source.source:
@@ -304,7 +244,7 @@ def distill(**values: Any) -> None:
 
     quiet = run_settings.quiet
     with (
-        _plain_errors(),
+        plain_errors(),
         model_session(ctx, run_settings.local_model, quiet) as (ctx, settings, local),
     ):
         reporter = choose_reporter(quiet=quiet, tty=False, total=0)
@@ -316,11 +256,11 @@ def distill(**values: Any) -> None:
                 concurrency=run_settings.concurrency,
                 force=values["force"],
                 reporter=reporter,
-                prices=_prices(run_settings, settings, local),
+                prices=prices_for(run_settings, settings, local),
                 report_dir=report_dir,
             )
         )
-    _finish(summary, quiet)
+    finish(summary, quiet)
 
 
 @main.command()
@@ -331,7 +271,7 @@ def distill(**values: Any) -> None:
 )
 def scenarios(scenarios_file: Path | None) -> None:
     """List the scenarios conversations are drawn from."""
-    with _plain_errors():
+    with plain_errors():
         pool = _scenario_pool((), scenarios_file)
     width = max(len(s.key) for s in pool)
     for s in pool:
@@ -357,13 +297,13 @@ def check(**values: Any) -> None:
     """Verify the configuration with one small model call."""
     ctx = replace(ModelContext(**given(ModelContext, values)), max_retries=0)
     local_model = values.get("local_model")
-    with _plain_errors(), model_session(ctx, local_model, False) as (ctx, settings, _):
+    with plain_errors(), model_session(ctx, local_model, False) as (ctx, settings, _):
         model = chat_model(ctx, "assistant", temperature=0.0, max_tokens=8)
         began = time.monotonic()
         try:
             reply = asyncio.run(model.ainvoke("Reply with the single word OK."))
         except Exception as error:
-            _fail(f"{settings.base_url}: {describe_error(error)}")
+            fail(f"{settings.base_url}: {describe_error(error)}")
         click.echo(
             f"OK: {settings.base_url} answered as {settings.model_for('assistant')} "
             f"in {time.monotonic() - began:.1f}s: {reply.text.strip()[:60]!r}"

@@ -1,5 +1,12 @@
 """Working with notes: cleaning, keeping citations valid, merging repeats, grouping for the
-reduce budget."""
+reduce budget.
+
+An item whose turns the distiller supplied itself, because the model cited none that were valid,
+says so in ``cited`` (``CITED_KEY``): ``"filled"`` when it got every turn it could have cited
+(its whole chunk, or every turn of the notes it was merged from), ``"inherited"`` when it took
+the turns of the model-cited source items its words match. Items without the key carry the
+model's own citations. Reports count marked items as uncited.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from graph_distill.distill.state import NOTE_SECTIONS, NoteItem, Notes
+from graph_distill.distill.state import NOTE_SECTIONS, CitedBy, NoteItem, Notes
 from graph_distill.llm.tokens import count_tokens
 
 # Word-set Jaccard above which two items say the same thing (overlapping chunks repeat items).
@@ -16,6 +23,9 @@ DUPLICATE_SIMILARITY = 0.8
 # Share of the shorter text's words a merged item must share with its closest source items
 # to inherit their turns when the model dropped them.
 RECOVERY_SIMILARITY = 0.6
+CITED_KEY = "cited"
+FILLED: CitedBy = "filled"
+INHERITED: CitedBy = "inherited"
 
 
 def notes_json(notes: Notes) -> str:
@@ -42,35 +52,58 @@ def _items(notes_list: Iterable[Notes]) -> Iterable[NoteItem]:
     return (item for notes in notes_list for section in NOTE_SECTIONS for item in notes[section])
 
 
-def _with_turns(notes: Notes, turns_of: Callable[[NoteItem], list[int]]) -> Notes:
-    """A copy of ``notes`` whose items' turns are ``turns_of(item)``."""
+def model_cited(item: NoteItem) -> bool:
+    """Whether the item's turns are the model's own citations (not supplied by the distiller)."""
+    return CITED_KEY not in item
+
+
+def _item(text: str, turns: list[int], cited: CitedBy | None) -> NoteItem:
+    item = NoteItem(text=text, turns=turns)
+    if cited is not None:
+        item[CITED_KEY] = cited
+    return item
+
+
+def _with_turns(
+    notes: Notes, turns_of: Callable[[NoteItem], tuple[list[int], CitedBy | None]]
+) -> Notes:
+    """A copy of ``notes`` whose items' turns and mark are ``turns_of(item)``."""
     copy = empty_notes(notes["topic"])
     for section in NOTE_SECTIONS:
-        copy[section] = [NoteItem(text=i["text"], turns=turns_of(i)) for i in notes[section]]
+        copy[section] = [_item(i["text"], *turns_of(i)) for i in notes[section]]
     return copy
 
 
 def cite_within(notes: Notes, allowed: set[int], fallback: list[int]) -> Notes:
-    """Citations outside ``allowed`` dropped; an item left without any cites ``fallback``."""
-    return _with_turns(notes, lambda item: sorted(allowed.intersection(item["turns"])) or fallback)
+    """Citations outside ``allowed`` dropped; an item left without any cites ``fallback``
+    (marked filled)."""
+
+    def turns_of(item: NoteItem) -> tuple[list[int], CitedBy | None]:
+        valid = sorted(allowed.intersection(item["turns"]))
+        return (valid, item.get(CITED_KEY)) if valid else (list(fallback), FILLED)
+
+    return _with_turns(notes, turns_of)
 
 
 def recover_citations(merged: Notes, sources: Sequence[Notes]) -> Notes:
     """Merged notes citing only their sources' turns; items the model left without (valid)
-    turns take those of the source items they resemble, else every turn of the sources."""
-    source_items = [(_words(item["text"]), item["turns"]) for item in _items(sources)]
-    allowed = {turn for _, turns in source_items for turn in turns}
+    turns take those of the source items they resemble (marked inherited, or filled when those
+    were filled), else every turn of the sources (marked filled)."""
+    source_items = [(_words(i["text"]), i["turns"], i.get(CITED_KEY)) for i in _items(sources)]
+    allowed = {turn for _, turns, _ in source_items for turn in turns}
 
-    def turns_of(item: NoteItem) -> list[int]:
+    def turns_of(item: NoteItem) -> tuple[list[int], CitedBy | None]:
         valid = sorted(allowed.intersection(item["turns"]))
         if valid:
-            return valid
+            return valid, None
         words = _words(item["text"])
-        scored = [(_containment(words, source), turns) for source, turns in source_items]
-        best = max((score for score, _ in scored), default=0.0)
+        scored = [(_containment(words, w), turns, cited) for w, turns, cited in source_items]
+        best = max((score for score, _, _ in scored), default=0.0)
         if best < RECOVERY_SIMILARITY:
-            return sorted(allowed)
-        return sorted({turn for score, turns in scored if score == best for turn in turns})
+            return sorted(allowed), FILLED
+        closest = [(turns, cited) for score, turns, cited in scored if score == best]
+        mark = FILLED if any(cited == FILLED for _, cited in closest) else INHERITED
+        return sorted({turn for turns, _ in closest for turn in turns}), mark
 
     return _with_turns(merged, turns_of)
 
@@ -101,13 +134,25 @@ def merge_repeats(level: Sequence[Notes]) -> list[Notes]:
                 words = _words(item["text"])
                 twin = next((kept for w, kept in kept_by[section] if is_repeat(w, words)), None)
                 if twin is not None:
-                    twin["turns"] = sorted({*twin["turns"], *item["turns"]})
+                    _absorb(twin, item)
                     continue
-                copy = NoteItem(text=item["text"], turns=list(item["turns"]))
+                copy = _item(item["text"], list(item["turns"]), item.get(CITED_KEY))
                 kept_by[section].append((words, copy))
                 unique[section].append(copy)
         merged.append(unique)
     return merged
+
+
+def _absorb(twin: NoteItem, item: NoteItem) -> None:
+    """``item``'s turns added to its ``twin``'s; supplied turns never widen model-cited ones."""
+    if model_cited(twin) != model_cited(item):
+        cited = twin if model_cited(twin) else item
+        twin["turns"] = list(cited["turns"])
+        twin.pop(CITED_KEY, None)
+        return
+    twin["turns"] = sorted({*twin["turns"], *item["turns"]})
+    if FILLED in (twin.get(CITED_KEY), item.get(CITED_KEY)):
+        twin[CITED_KEY] = FILLED
 
 
 def combine_notes(sources: Sequence[Notes]) -> Notes:

@@ -8,7 +8,7 @@ from. Chunk notes may cite only their chunk's turns; merged notes keep their sou
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -38,9 +38,14 @@ NOTES_SCHEMA = {
 NOTES_SPEC = OutputSpec(name="conversation_notes", schema=NOTES_SCHEMA)
 
 
+CitedBy = Literal["filled", "inherited"]
+
+
 class NoteItem(TypedDict):
     text: str
     turns: list[int]
+    # Present only when the distiller supplied the turns (see distill.notes).
+    cited: NotRequired[CitedBy]
 
 
 class Notes(TypedDict):

@@ -344,12 +344,17 @@ async def test_citations_survive_the_reduce() -> None:
         result = await distill(server, conversation(10))
     final = result["final_notes"]
     all_turns = list(range(10))
-    assert final["core_questions"] == [item("Point on subject4 and detail4", [4])]
+    # Turns the distiller supplied are marked: taken from the matching source item, or all.
+    assert final["core_questions"] == [
+        {**item("Point on subject4 and detail4", [4]), "cited": "inherited"}
+    ]
     assert final["key_insights"] == [
-        item("Something nobody said", all_turns),
+        {**item("Something nobody said", all_turns), "cited": "filled"},
         item(SHARED_INSIGHT, [2]),
     ]
-    assert final["important_conclusions"] == [item("A bare string conclusion", all_turns)]
+    assert final["important_conclusions"] == [
+        {**item("A bare string conclusion", all_turns), "cited": "filled"}
+    ]
     assert "1. Point on subject4 and detail4 (turn 4)" in result["final_summary"]
 
 
@@ -477,9 +482,9 @@ def test_recover_citations_prefers_the_closest_source_items() -> None:
         ]
     )
     assert recover_citations(merged, sources)["key_insights"] == [
-        item("Alpha beta gamma delta and also theta iota kappa", [1, 3]),
+        {**item("Alpha beta gamma delta and also theta iota kappa", [1, 3]), "cited": "inherited"},
         item("Epsilon zeta eta", [2]),
-        item("Unrelated words entirely", [1, 2, 3]),
+        {**item("Unrelated words entirely", [1, 2, 3]), "cited": "filled"},
     ]
 
 

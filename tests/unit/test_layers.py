@@ -18,6 +18,8 @@ RANKS = {
     "distill": 2,
     "pipeline": 3,
     "run": 4,
+    "report": 4,
+    "export": 4,
     "cli": 5,
 }
 

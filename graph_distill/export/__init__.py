@@ -1,0 +1,1 @@
+"""`graph-distill export`: a dataset in training formats, with a dataset card."""

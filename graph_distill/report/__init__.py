@@ -1,0 +1,1 @@
+"""`graph-distill report`: a dataset's profile, quality figures, plots and viewer."""
