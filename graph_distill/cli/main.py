@@ -38,6 +38,17 @@ from graph_distill.run.generation import RunPlan, run_conversations, run_setting
 from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, Prices, default_prices, prices_with
 from graph_distill.run.lock import check_run_free
 from graph_distill.run.progress import LineReporter, choose_reporter
+from graph_distill.run.remote import (
+    RemoteDistill,
+    RemoteRun,
+    Server,
+    ServerError,
+    distill_on_server,
+    given_settings,
+    run_on_server,
+    server_from_options,
+    server_prices_base_url,
+)
 from graph_distill.run.store import ResumeError, latest_unfinished_run, setting_differences
 from graph_distill.run.summary import FatalRunError, RunSummary
 
@@ -162,6 +173,46 @@ def cost_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def server_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A LangGraph Agent Server doing the work (run and distill)."""
+    options = [
+        click.option(
+            "--server",
+            envvar="GRAPH_DISTILL_SERVER",
+            metavar="URL",
+            help="Do the work as background runs on this LangGraph Agent Server "
+            "(env GRAPH_DISTILL_SERVER); the model key and settings live on the server.",
+        ),
+        click.option(
+            "--server-api-key",
+            envvar="GRAPH_DISTILL_SERVER_API_KEY",
+            help="API key of the Agent Server, for deployments that need one "
+            "(env GRAPH_DISTILL_SERVER_API_KEY). Never printed or saved.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _server(kwargs: dict[str, Any], flags: dict[str, Any], rpm: float | None) -> Server | None:
+    try:
+        return server_from_options(kwargs.pop("server"), kwargs.pop("server_api_key"), flags, rpm)
+    except ServerError as error:
+        _fail(str(error))
+
+
+def _on_server(work: Callable[[], Any], interrupted: str = "error: interrupted") -> RunSummary:
+    """Run ``work`` (a coroutine function) against the server, known failures as plain exits."""
+    try:
+        return asyncio.run(work())
+    except (ServerError, FatalRunError, ResumeError) as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        click.echo(interrupted, err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _price_flags(kwargs: dict[str, Any]) -> dict[str, float | None]:
@@ -382,6 +433,7 @@ def _scenario_pool(names: tuple[str, ...], scenarios_file: Path | None) -> list[
 @cost_options
 @click.option("-q", "--quiet", is_flag=True, help="No live text or progress; errors only.")
 @model_options
+@server_options
 def run(**kwargs: Any) -> None:
     """Generate conversations, then distill each one as soon as it is saved.
 
@@ -391,6 +443,7 @@ def run(**kwargs: Any) -> None:
     """
     flags = _model_flags(kwargs)
     rpm = kwargs.pop("rpm")
+    server = _server(kwargs, flags, rpm)
     price_flags = _price_flags(kwargs)
     if kwargs["min_rounds"] > kwargs["max_rounds"]:
         raise click.BadParameter(
@@ -410,7 +463,7 @@ def run(**kwargs: Any) -> None:
         )
     }
     try:
-        plan = _run_plan(kwargs, PipelineContext(**graph_settings))
+        plan = _run_plan(kwargs, PipelineContext(**graph_settings), server)
     except (ScenarioError, ResumeError) as error:
         _fail(str(error))
     _require_writable(plan.conversation_dir, "-c/--conversation-dir")
@@ -440,10 +493,34 @@ def run(**kwargs: Any) -> None:
             reporter.close()
 
     interrupted = "interrupted: to go on, run the same command with --resume"
-    _finish(_execute(flags, quiet, work, interrupted), quiet)
+    if server is None:
+        _finish(_execute(flags, quiet, work, interrupted), quiet)
+    given = given_settings(flags)
+    ctx = PipelineContext(**graph_settings, **{name: flags[name] for name in given})
+    plan.prices = prices_with(
+        **price_flags, defaults=default_prices(server_prices_base_url(ctx), local=False)
+    )
+    reporter = choose_reporter(
+        quiet=quiet, tty=sys.stdout.isatty(), concurrent_items=min(plan.count, plan.concurrency)
+    )
+    if not quiet:
+        doing = f"Resuming run {plan.run_id}:" if plan.run_id else "Generating"
+        click.echo(
+            f"{doing} {plan.count} conversation(s) with seed {plan.seed} on the server "
+            f"{server.url}",
+            err=True,
+        )
+    remote = RemoteRun(server=server, plan=plan, ctx=ctx, given=given)
+    try:
+        summary = _on_server(lambda: run_on_server(remote, reporter), interrupted)
+    finally:
+        reporter.close()
+    _finish(summary, quiet)
 
 
-def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPlan:
+def _run_plan(
+    kwargs: dict[str, Any], graph_settings: PipelineContext, server: Server | None = None
+) -> RunPlan:
     """A new run's plan; with --resume, the plan finishing the latest unfinished run of the
     conversation directory (ResumeError when there is none or it had other settings)."""
     seed = kwargs["seed"]
@@ -465,7 +542,9 @@ def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPla
     check_run_free(plan.conversation_dir, previous.run_id)
     if seed is None:
         plan = replace(plan, seed=previous.settings["seed"])
-    current = run_settings(plan, graph_settings, graph_settings)
+    current = run_settings(
+        plan, graph_settings, graph_settings, server=server.url if server else None
+    )
     differences = setting_differences(previous.settings, current)
     if differences:
         raise ResumeError(
@@ -497,6 +576,7 @@ def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPla
 @cost_options
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @model_options
+@server_options
 def distill(**kwargs: Any) -> None:
     """Distill existing conversation files into notes and a summary.
 
@@ -505,6 +585,7 @@ def distill(**kwargs: Any) -> None:
     """
     flags = _model_flags(kwargs)
     rpm = kwargs.pop("rpm")
+    server = _server(kwargs, flags, rpm)
     price_flags = _price_flags(kwargs)
     input_path: Path = kwargs["input_path"]
     if input_path.is_dir() and not kwargs["batch"]:
@@ -556,7 +637,30 @@ def distill(**kwargs: Any) -> None:
             )
         )
 
-    _finish(_execute(flags, quiet, work), quiet)
+    if server is None:
+        _finish(_execute(flags, quiet, work), quiet)
+    given = given_settings(flags)
+    split = ("split_method", "max_tokens", "overlap_tokens", "max_turns")
+    ctx = PipelineContext(
+        **{name: kwargs[name] for name in split}, **{name: flags[name] for name in given}
+    )
+    remote = RemoteDistill(
+        server=server,
+        ctx=ctx,
+        given=given,
+        concurrency=kwargs["concurrency"],
+        force=kwargs["force"],
+        prices=prices_with(
+            **price_flags, defaults=default_prices(server_prices_base_url(ctx), local=False)
+        ),
+    )
+    reporter = (
+        LineReporter() if not quiet else choose_reporter(quiet=True, tty=False, concurrent_items=0)
+    )
+    _finish(
+        _on_server(lambda: distill_on_server(remote, inputs, out_for, reporter, report_dir)),
+        quiet,
+    )
 
 
 @main.command()

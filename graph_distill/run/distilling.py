@@ -4,7 +4,7 @@ files ``distill`` is given."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,25 @@ async def distill_source(
     except Exception as error:
         record_failure(summary, reporter, source.source, error)
         return False
+    save_distilled(
+        source, out_path, result, ctx, model_name(ctx, "distill"), summary, reporter, retry_hint
+    )
+    return True
+
+
+def save_distilled(
+    source: SourceConversation,
+    out_path: Path,
+    result: Mapping[str, Any],
+    ctx: DistillContext,
+    model: str | None,
+    summary: RunSummary,
+    reporter: Reporter,
+    retry_hint: str,
+) -> None:
+    """Write the distill graph's output ``result`` for ``source`` into ``out_path``."""
     metadata = {
-        "model": model_name(ctx, "distill"),
+        "model": model,
         "split_method": ctx.split_method,
         "max_tokens": ctx.max_tokens,
         "overlap_tokens": ctx.overlap_tokens,
@@ -80,7 +97,6 @@ async def distill_source(
         write_json_atomic(out_path, data)
     summary.distilled.append(out_path)
     reporter.distilled(source.source, str(out_path))
-    return True
 
 
 async def distill_inputs(

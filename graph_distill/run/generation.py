@@ -80,9 +80,14 @@ def conversation_seed(run_seed: int, index: int) -> int:
 
 
 def run_settings(
-    plan: RunPlan, conversation_ctx: ConversationContext, distill_ctx: DistillContext
+    plan: RunPlan,
+    conversation_ctx: ConversationContext,
+    distill_ctx: DistillContext,
+    *,
+    server: str | None = None,
 ) -> dict[str, Any]:
-    """What a resumed run must share with the run it finishes (as JSON values)."""
+    """What a resumed run must share with the run it finishes (as JSON values); ``server``:
+    the Agent Server doing the work (None: this process)."""
     texts = json.dumps([s.to_record() for s in plan.scenarios], sort_keys=True)
     settings: dict[str, Any] = {
         "count": plan.count,
@@ -94,6 +99,8 @@ def run_settings(
         "scenario_texts": hashlib.sha256(texts.encode()).hexdigest()[:16],
         "distill": plan.distill,
     }
+    if server is not None:
+        settings["server"] = server
     if plan.distill:
         settings |= {
             "distilled_dir": str(Path(plan.distilled_dir).absolute()),
@@ -186,7 +193,7 @@ class _DurableRun:
     async def _conversation(self, item: RunItem) -> SourceConversation | None:
         """The saved conversation, generated now or before; None when it failed or when an
         earlier attempt already distilled it."""
-        if item.status is ItemStatus.WRITING and _holds(item.conversation_path, item):
+        if item.status is ItemStatus.WRITING and holds(item.conversation_path, item):
             await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
             item = replace(item, status=ItemStatus.SAVED)
         if item.status in (ItemStatus.SAVED, ItemStatus.DISTILLED):
@@ -256,19 +263,9 @@ class _DurableRun:
         )
 
     async def _save(self, item: RunItem, scenario_key: str, record: dict[str, Any]) -> Path:
-        """Write the conversation under a new name, recorded before the write so that a crash
-        in between cannot lead to a second file of it."""
-        data = conversation_file(record)
-        while True:
-            path = reserve_conversation_path(
-                self.plan.conversation_dir, scenario_key, datetime.now()
-            )
-            await self.manifest.set_status(
-                self.run_id, item.index, ItemStatus.WRITING, conversation_path=path
-            )
-            if write_if_free(path, data):
-                await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
-                return path
+        return await save_conversation(
+            self.manifest, self.run_id, item, self.plan.conversation_dir, scenario_key, record
+        )
 
     async def _distill(self, item: RunItem, source: SourceConversation) -> None:
         out_path = distilled_path(self.plan.distilled_dir, source.stem)
@@ -302,7 +299,26 @@ class _DurableRun:
         await self.manifest.mark_complete(self.run_id)
 
 
-def _holds(path: Path | None, item: RunItem) -> bool:
+async def save_conversation(
+    manifest: RunManifest,
+    run_id: str,
+    item: RunItem,
+    directory: Path,
+    scenario_key: str,
+    record: dict[str, Any],
+) -> Path:
+    """Write the conversation under a new name, recorded before the write so that a crash
+    in between cannot lead to a second file of it."""
+    data = conversation_file(record)
+    while True:
+        path = reserve_conversation_path(directory, scenario_key, datetime.now())
+        await manifest.set_status(run_id, item.index, ItemStatus.WRITING, conversation_path=path)
+        if write_if_free(path, data):
+            await manifest.set_status(run_id, item.index, ItemStatus.SAVED)
+            return path
+
+
+def holds(path: Path | None, item: RunItem) -> bool:
     """Whether ``path`` is the saved file of ``item`` (files are written whole or not at all)."""
     if path is None:
         return False

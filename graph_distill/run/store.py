@@ -47,6 +47,7 @@ SETTING_OPTIONS = {
     "max_tokens": "--max-tokens",
     "overlap_tokens": "--overlap-tokens",
     "max_turns": "--max-turns",
+    "server": "--server",
 }
 
 
