@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from langgraph_sdk import get_client
-from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk import get_client, get_sync_client
+from langgraph_sdk.client import LangGraphClient, SyncLangGraphClient
 
 from graph_distill.llm.settings import ENV_NAMES
 from tests.support.fake_openai import FakeOpenAIServer
@@ -69,6 +69,9 @@ class DevServer:
 
     def client(self) -> LangGraphClient:
         return get_client(url=self.url, api_key=None)
+
+    def sync_client(self) -> SyncLangGraphClient:
+        return get_sync_client(url=self.url, api_key=None)
 
 
 def free_port() -> int:
