@@ -27,8 +27,6 @@ from tests.support.agent_server import (
     SERVER_MODEL,
     SERVER_MODEL_KEY,
     DevServer,
-    ServerStartError,
-    dev_server_running,
     free_port,
 )
 from tests.support.fake_openai import FakeOpenAIServer
@@ -39,14 +37,9 @@ SMALL = ["--min-rounds", "2", "--max-rounds", "3", "--split-method", "turns", "-
 WAIT_SECONDS = 120.0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    with FakeOpenAIServer() as fake:
-        try:
-            with dev_server_running(tmp_path_factory.mktemp("agent-server"), fake) as running:
-                yield running
-        except ServerStartError as error:
-            pytest.fail(str(error))
+@pytest.fixture
+def server(agent_server: DevServer) -> DevServer:
+    return agent_server
 
 
 @pytest.fixture

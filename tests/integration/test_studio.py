@@ -8,7 +8,6 @@ langgraph.json (so a developer's real ``.env`` never leaks in, and a fresh clone
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -28,10 +27,7 @@ from graph_distill import (
 from tests.support.agent_server import (
     CONFIG_PATH,
     DevServer,
-    ServerStartError,
-    dev_server_running,
 )
-from tests.support.fake_openai import FakeOpenAIServer
 
 GRAPHS = {"conversation": conversation_graph, "distill": distill_graph, "pipeline": pipeline_graph}
 CONTEXTS = {
@@ -42,14 +38,9 @@ CONTEXTS = {
 SMALL_CONTEXT = {"split_method": "turns", "max_turns": 4}
 
 
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    with FakeOpenAIServer() as fake:
-        try:
-            with dev_server_running(tmp_path_factory.mktemp("studio"), fake) as server:
-                yield server
-        except ServerStartError as error:
-            pytest.fail(str(error))
+@pytest.fixture
+def dev_server(agent_server: DevServer) -> DevServer:
+    return agent_server
 
 
 async def wait_run(
