@@ -1,5 +1,6 @@
 """``run --server`` and ``distill --server``: the work done as background runs on a real Agent
-Server (``langgraph dev``, its model calls going to a fake model server), the files written
+Server (``langgraph dev``, and ``langgraph-api`` on Postgres + Redis when set up; their model
+calls go to a fake model server), the files written
 here, a killed CLI re-attached with ``--resume``, and the server's failures named per item."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from graph_distill.cli.main import main
 from graph_distill.files.readers import read_conversations
 from graph_distill.files.writing import RUN_REPORT_NAME, conversation_file
 from graph_distill.run.remote import thread_id
-from graph_distill.run.store import db_path
+from graph_distill.run.store import db_path, latest_unfinished_run
 from tests.support.agent_server import (
     SERVER_MODEL,
     SERVER_MODEL_KEY,
@@ -37,9 +38,10 @@ SMALL = ["--min-rounds", "2", "--max-rounds", "3", "--split-method", "turns", "-
 WAIT_SECONDS = 120.0
 
 
-@pytest.fixture
-def server(agent_server: DevServer) -> DevServer:
-    return agent_server
+@pytest.fixture(params=["agent_server", "pg_agent_server"], ids=["langgraph-dev", "postgres"])
+def server(request: pytest.FixtureRequest) -> DevServer:
+    """Each test runs on ``langgraph dev`` and on a Postgres-backed server (when set up)."""
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture
@@ -180,11 +182,11 @@ def _kill_once_both_runs_started(
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be killed"
-        ids = run_ids(conv) if db_path(conv).exists() else []
-        if ids and all(_has_run(server, thread_id(ids[0], i)) for i in range(2)):
+        run = latest_unfinished_run(conv)
+        if run and all(_has_run(server, thread_id(run.run_id, i)) for i in range(2)):
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
-            return ids[0]
+            return run.run_id
         time.sleep(0.05)
     process.kill()
     pytest.fail("the runs did not start on the server")

@@ -8,12 +8,16 @@ langgraph.json (so a developer's real ``.env`` never leaks in, and a fresh clone
 
 from __future__ import annotations
 
+import getpass
+import glob
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -137,13 +141,46 @@ def dev_server_running(
     """``langgraph dev`` on a free port of 127.0.0.1, its model calls going to ``fake``."""
     shutil.copy(CONFIG_PATH, workdir / "langgraph.json")
     port = free_port()
-    server = DevServer(f"http://127.0.0.1:{port}", workdir, workdir / "server.log", fake)
     command = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload"]
+    command += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
+    with _serving(command, server_env(fake), workdir, fake, port) as server:
+        yield server
+
+
+@contextmanager
+def pg_server_running(
+    workdir: Path, fake: FakeOpenAIServer, python: str, jobs_per_worker: int = 8
+) -> Iterator[DevServer]:
+    """The Agent Server (``langgraph-api``) on the open Postgres + Redis runtime
+    (``langgraph-runtime-pg``, installed for ``python``), with a PostgreSQL cluster and a Redis
+    server of its own, as a self-hosted deployment runs it (uvicorn serving the API)."""
+    graphs = json.loads(CONFIG_PATH.read_text())["graphs"]
+    with postgres_running() as database_uri, redis_running() as redis_uri:
+        env = {
+            **server_env(fake),
+            "LANGGRAPH_RUNTIME_EDITION": "pg",
+            "DATABASE_URI": database_uri,
+            "REDIS_URI": redis_uri,
+            "N_JOBS_PER_WORKER": str(jobs_per_worker),
+            "LANGSERVE_GRAPHS": json.dumps(graphs),
+        }
+        port = free_port()
+        command = [python, "-m", "uvicorn", "langgraph_api.server:app"]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
+        with _serving(command, env, workdir, fake, port) as server:
+            yield server
+
+
+@contextmanager
+def _serving(
+    command: list[str], env: dict[str, str], workdir: Path, fake: FakeOpenAIServer, port: int
+) -> Iterator[DevServer]:
+    server = DevServer(f"http://127.0.0.1:{port}", workdir, workdir / "server.log", fake)
     with server.log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port), *extra_args],
+            command,
             cwd=workdir,
-            env=server_env(fake),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -155,3 +192,76 @@ def dev_server_running(
         yield server
     finally:
         stop(process)
+
+
+def postgres_program(name: str) -> str:
+    """A PostgreSQL server program: Debian keeps them out of PATH, under its major version."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
+    if not found[-1]:
+        raise ServerStartError(f"{name} not found: install PostgreSQL (Debian: postgresql)")
+    return str(found[-1])
+
+
+@contextmanager
+def postgres_running() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free port; its connection URI. As root, the cluster
+    runs as the ``postgres`` user (PostgreSQL refuses to run as root)."""
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="graph-distill-pg-"))
+    if as_owner:
+        shutil.chown(data, "postgres")
+    pg_ctl = [*as_owner, postgres_program("pg_ctl"), "-D", str(data)]
+    port = free_port()
+    try:
+        _checked([*as_owner, postgres_program("initdb"), "-D", str(data), "-A", "trust"])
+        options = f"-p {port} -k {data} -h 127.0.0.1"
+        _checked([*pg_ctl, "-l", str(data / "server.log"), "-o", options, "-w", "start"])
+        try:
+            user = "postgres" if as_owner else getpass.getuser()
+            yield f"postgres://{user}@127.0.0.1:{port}/postgres"
+        finally:
+            _checked([*pg_ctl, "-m", "immediate", "stop"])
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def redis_running() -> Iterator[str]:
+    """A Redis server on a free port, keeping nothing on disk; its URI."""
+    program = shutil.which("redis-server")
+    if program is None:
+        raise ServerStartError("redis-server not found: install Redis (Debian: redis-server)")
+    port = free_port()
+    command = [
+        program,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not _accepts(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ServerStartError(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(STOP_TIMEOUT_SECONDS)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _checked(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ServerStartError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
