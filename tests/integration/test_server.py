@@ -235,3 +235,51 @@ def test_an_unusable_server_gives_one_plain_line_and_exit_2(
     assert result.exit_code == 2
     (line,) = result.output.splitlines()
     assert line.startswith("error: ") and says in line
+
+
+def test_a_run_cancelled_on_the_server_is_named_and_resume_finishes_it(
+    server: DevServer, tmp_path: Path
+) -> None:
+    conv, dist = tmp_path / "c", tmp_path / "d"
+    args = ["run", "-n", "2", "-j", "2", "--min-rounds", "3", "--max-rounds", "3"]
+    args += ["-c", str(conv), "-d", str(dist), "--server", server.url, "--seed", "4"]
+    log = tmp_path / "stderr.txt"
+    server.fake.latency = 0.3
+    try:
+        with log.open("w") as stream:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "graph_distill", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=stream,
+            )
+        cancelled = _cancel_first_running(server, conv)
+        assert process.wait(WAIT_SECONDS) == 1
+    finally:
+        server.fake.latency = 0.0
+        if process.poll() is None:
+            process.kill()
+
+    (failed,) = [line for line in log.read_text().splitlines() if line.startswith("FAILED")]
+    assert f"#{cancelled[1] + 1} " in failed and "the server's run was cancelled" in failed
+    assert len(json_files(conv)) == len(json_files(dist)) == 1  # the other one went on
+
+    result = invoke(*args, "--resume")
+
+    assert result.exit_code == 0, result.output
+    assert len(json_files(conv)) == len(json_files(dist)) == 2
+    statuses = [run["status"] for run in runs_of(server, thread_id(*cancelled))]
+    assert statuses == ["success", "interrupted"]  # newest first: one more run, no restart
+
+
+def _cancel_first_running(server: DevServer, conv: Path) -> tuple[str, int]:
+    """Cancel the run of the run's first item once it is running; (run id, item index)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        run = latest_unfinished_run(conv)
+        thread = thread_id(run.run_id, 0) if run else None
+        runs = runs_of(server, thread) if thread and _has_run(server, thread) else []
+        if run and runs and runs[0]["status"] == "running":
+            server.sync_client().runs.cancel(thread, runs[0]["run_id"])
+            return run.run_id, 0
+        time.sleep(0.05)
+    pytest.fail("the run did not start on the server")
