@@ -99,6 +99,20 @@ def save_distilled(
     reporter.distilled(source.source, str(out_path))
 
 
+def read_sources(
+    inputs: Sequence[Path], summary: RunSummary, reporter: Reporter
+) -> list[SourceConversation]:
+    """Every conversation of ``inputs``; a file that cannot be read is a failure of its own."""
+    sources: list[SourceConversation] = []
+    for path in inputs:
+        try:
+            sources.extend(read_conversations(path))
+        except ValueError as error:
+            summary.failures.append((str(path), str(error)))
+            reporter.failed(str(path), str(error))
+    return sources
+
+
 async def distill_inputs(
     inputs: Sequence[Path],
     out_for: Callable[[SourceConversation], Path],
@@ -123,13 +137,7 @@ async def distill_inputs(
         async with gate:
             await distill_source(source, out_path, ctx, concurrency, reporter, summary)
 
-    sources: list[SourceConversation] = []
-    for path in inputs:
-        try:
-            sources.extend(read_conversations(path))
-        except ValueError as error:
-            summary.failures.append((str(path), str(error)))
-            reporter.failed(str(path), str(error))
+    sources = read_sources(inputs, summary, reporter)
     if report_dir is None:
         await gather_or_abort([one(s) for s in sources])
         return summary

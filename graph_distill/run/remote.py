@@ -17,7 +17,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,10 @@ from graph_distill.context import (
 )
 from graph_distill.conversation.graph import recursion_limit
 from graph_distill.conversation.scenarios import pick_scenario
-from graph_distill.files.readers import SourceConversation, read_conversations
+from graph_distill.files.readers import SourceConversation
 from graph_distill.files.writing import distilled_path
 from graph_distill.llm.settings import MIMO_BASE_URL
-from graph_distill.run.distilling import save_distilled
+from graph_distill.run.distilling import read_sources, save_distilled
 from graph_distill.run.generation import (
     RunPlan,
     conversation_seed,
@@ -65,6 +65,8 @@ DISTILL_STEPS = 50
 UNFINISHED = ("pending", "running")
 FAILED_STATUS = {"error": "failed", "timeout": "timed out", "interrupted": "was cancelled"}
 SERVER_ERRORS = (LangGraphError, httpx.HTTPError)
+# A join waits for a whole run; it is made again when the read times out.
+CLIENT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=None)
 
 
 class ServerError(Exception):
@@ -82,7 +84,8 @@ class Server:
     api_key: str | None = field(default=None, repr=False)
 
     def client(self) -> LangGraphClient:
-        return get_client(url=self.url, api_key=self.api_key)
+        # No pool timeout: with -j above the client's connection limit, joins wait their turn.
+        return get_client(url=self.url, api_key=self.api_key, timeout=CLIENT_TIMEOUT)
 
 
 def thread_id(*parts: Any) -> str:
@@ -293,9 +296,7 @@ class _ServerRun:
     async def _item(self, item: RunItem) -> None:
         if item.status is ItemStatus.WRITING and holds(item.conversation_path, item):
             await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
-            item = RunItem(
-                item.index, item.conversation_id, ItemStatus.SAVED, item.conversation_path, None
-            )
+            item = replace(item, status=ItemStatus.SAVED)
         if item.status is self.done or item.status is ItemStatus.DISTILLED:
             assert item.conversation_path is not None
             self.summary.kept.append(item.conversation_path)
@@ -313,19 +314,26 @@ class _ServerRun:
             if self._over_budget(item):
                 return
             started = self.summary.ledger.now()
-            try:
-                output = await thread_output(
-                    self.client,
-                    self.remote.graph_id,
-                    thread_id(self.run_id, item.index),
-                    inputs,
-                    context=self.context,
-                    config=self.config,
-                )
-            except (RunFailed, *SERVER_ERRORS) as error:
-                record_server_failure(self.summary, self.reporter, self.remote.server, label, error)
-                return
-        await self._write(item, label, scenario.key, output, started)
+            output = await self._output(item, label, inputs)
+        if output is not None:
+            await self._write(item, label, scenario.key, output, started)
+
+    async def _output(
+        self, item: RunItem, label: str, inputs: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The item's output from the server; None (and a failure recorded) without one."""
+        try:
+            return await thread_output(
+                self.client,
+                self.remote.graph_id,
+                thread_id(self.run_id, item.index),
+                inputs,
+                context=self.context,
+                config=self.config,
+            )
+        except (RunFailed, *SERVER_ERRORS) as error:
+            record_server_failure(self.summary, self.reporter, self.remote.server, label, error)
+            return None
 
     def _over_budget(self, item: RunItem) -> bool:
         """Whether the token budget keeps this item from starting (one that already has a
@@ -436,13 +444,7 @@ async def distill_on_server(
         summary.ledger.record("distillation", output["distill_usage"], started)
         save_distilled(source, out_path, output, remote.ctx, model, summary, reporter, RETRY_HINT)
 
-    sources: list[SourceConversation] = []
-    for path in inputs:
-        try:
-            sources.extend(read_conversations(path))
-        except ValueError as error:
-            summary.failures.append((str(path), str(error)))
-            reporter.failed(str(path), str(error))
+    sources = read_sources(inputs, summary, reporter)
     settings = {
         "inputs": [str(Path(path).absolute()) for path in inputs],
         "concurrency": remote.concurrency,
