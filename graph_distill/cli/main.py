@@ -39,15 +39,13 @@ from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, Prices, default_price
 from graph_distill.run.lock import check_run_free
 from graph_distill.run.progress import LineReporter, choose_reporter
 from graph_distill.run.remote import (
-    RemoteDistill,
-    RemoteRun,
     Server,
     ServerError,
     distill_on_server,
-    given_settings,
+    remote_distill,
+    remote_run,
     run_on_server,
     server_from_options,
-    server_prices_base_url,
 )
 from graph_distill.run.store import ResumeError, latest_unfinished_run, setting_differences
 from graph_distill.run.summary import FatalRunError, RunSummary
@@ -495,11 +493,8 @@ def run(**kwargs: Any) -> None:
     interrupted = "interrupted: to go on, run the same command with --resume"
     if server is None:
         _finish(_execute(flags, quiet, work, interrupted), quiet)
-    given = given_settings(flags)
-    ctx = PipelineContext(**graph_settings, **{name: flags[name] for name in given})
-    plan.prices = prices_with(
-        **price_flags, defaults=default_prices(server_prices_base_url(ctx), local=False)
-    )
+        return
+    remote = remote_run(server, plan, graph_settings, flags, price_flags)
     reporter = choose_reporter(
         quiet=quiet, tty=sys.stdout.isatty(), concurrent_items=min(plan.count, plan.concurrency)
     )
@@ -510,7 +505,6 @@ def run(**kwargs: Any) -> None:
             f"{server.url}",
             err=True,
         )
-    remote = RemoteRun(server=server, plan=plan, ctx=ctx, given=given)
     try:
         summary = _on_server(lambda: run_on_server(remote, reporter), interrupted)
     finally:
@@ -639,20 +633,15 @@ def distill(**kwargs: Any) -> None:
 
     if server is None:
         _finish(_execute(flags, quiet, work), quiet)
-    given = given_settings(flags)
+        return
     split = ("split_method", "max_tokens", "overlap_tokens", "max_turns")
-    ctx = PipelineContext(
-        **{name: kwargs[name] for name in split}, **{name: flags[name] for name in given}
-    )
-    remote = RemoteDistill(
-        server=server,
-        ctx=ctx,
-        given=given,
+    remote = remote_distill(
+        server,
+        {name: kwargs[name] for name in split},
+        flags,
+        price_flags,
         concurrency=kwargs["concurrency"],
         force=kwargs["force"],
-        prices=prices_with(
-            **price_flags, defaults=default_prices(server_prices_base_url(ctx), local=False)
-        ),
     )
     reporter = (
         LineReporter() if not quiet else choose_reporter(quiet=True, tty=False, concurrent_items=0)

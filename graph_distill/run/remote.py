@@ -45,7 +45,13 @@ from graph_distill.run.generation import (
     run_settings,
     save_conversation,
 )
-from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices
+from graph_distill.run.ledger import (
+    MIMO_V2_FLASH_PRICES,
+    CostLedger,
+    Prices,
+    default_prices,
+    prices_with,
+)
 from graph_distill.run.lock import hold_run
 from graph_distill.run.progress import Reporter
 from graph_distill.run.store import ItemStatus, RunItem, RunManifest, new_run_id, open_store
@@ -493,7 +499,48 @@ def given_settings(model_flags: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-def server_prices_base_url(ctx: PipelineContext) -> str:
-    """The model server a run on --server is priced for: the --base-url sent, else MiMo (the
-    default a server configured like this project's would use)."""
-    return ctx.base_url or MIMO_BASE_URL
+def remote_run(
+    server: Server,
+    plan: RunPlan,
+    graph_settings: Mapping[str, Any],
+    model_flags: Mapping[str, Any],
+    price_flags: Mapping[str, float | None],
+) -> RemoteRun:
+    """``plan`` to be done on ``server``, priced with the --price-* flags."""
+    ctx, given = _server_settings(graph_settings, model_flags)
+    plan.prices = _server_prices(ctx, price_flags)
+    return RemoteRun(server=server, plan=plan, ctx=ctx, given=given)
+
+
+def remote_distill(
+    server: Server,
+    split_settings: Mapping[str, Any],
+    model_flags: Mapping[str, Any],
+    price_flags: Mapping[str, float | None],
+    *,
+    concurrency: int,
+    force: bool,
+) -> RemoteDistill:
+    ctx, given = _server_settings(split_settings, model_flags)
+    return RemoteDistill(
+        server=server,
+        ctx=ctx,
+        given=given,
+        concurrency=concurrency,
+        force=force,
+        prices=_server_prices(ctx, price_flags),
+    )
+
+
+def _server_settings(
+    values: Mapping[str, Any], model_flags: Mapping[str, Any]
+) -> tuple[PipelineContext, tuple[str, ...]]:
+    given = given_settings(model_flags)
+    return PipelineContext(**values, **{name: model_flags[name] for name in given}), given
+
+
+def _server_prices(ctx: PipelineContext, price_flags: Mapping[str, float | None]) -> Prices:
+    """The --price-* flags over the defaults for the model server the runs call: the
+    --base-url sent, else MiMo (the default a server configured like this project's uses)."""
+    base_url = ctx.base_url or MIMO_BASE_URL
+    return prices_with(**price_flags, defaults=default_prices(base_url, local=False))
