@@ -9,9 +9,13 @@ Studio and HTTP clients send them as JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+from dotenv import dotenv_values
 
 
 class SettingError(ValueError):
@@ -101,6 +105,33 @@ def _json_value(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def from_environment(
+    cls: type,
+    skip: Collection[str] = (),
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> dict[str, Any]:
+    """Values of ``cls``'s fields (but ``skip``) from their environment variables, then
+    ``.env``; blank values count as unset. Only text settings declare variables."""
+    environ = os.environ if environ is None else environ
+    dotenv: list[Mapping[str, str | None]] = []
+    found: dict[str, Any] = {}
+    for item in declared(cls):
+        name = item.metadata.get("env")
+        if not name or item.name in skip:
+            continue
+        value = environ.get(name)
+        if not (value and value.strip()):
+            if not dotenv:  # read only when needed, once
+                # Relative, not Path.cwd(): os.getcwd is a blocking call inside langgraph dev.
+                path = (cwd or Path()) / ".env"
+                dotenv.append(dotenv_values(path) if path.is_file() else {})
+            value = dotenv[0].get(name)
+        if value and value.strip():
+            found[item.name] = value.strip()
+    return found
 
 
 @dataclass(kw_only=True)

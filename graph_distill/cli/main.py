@@ -23,6 +23,7 @@ from graph_distill.context import (
     DistillContext,
     ModelContext,
     PipelineContext,
+    declared,
     recorded,
 )
 from graph_distill.conversation.scenarios import (
@@ -36,6 +37,14 @@ from graph_distill.llm.models import chat_model, describe_error
 from graph_distill.run.distilling import distill_inputs
 from graph_distill.run.generation import RunPlan, run_conversations, scenario_settings
 from graph_distill.run.lock import check_run_free
+from graph_distill.run.remote import (
+    Server,
+    distill_on_server,
+    remote_distill,
+    remote_run,
+    run_on_server,
+    server_from_options,
+)
 from graph_distill.run.settings import (
     GenerationSettings,
     RunSettings,
@@ -49,6 +58,11 @@ from .common import fail, finish, plain_errors, prices_for, require_writable
 from .options import given, options_from
 from .session import model_session
 from .terminal import choose_reporter
+
+# Model settings: with --server, sent only when given on the command line.
+MODEL_FIELDS = ("base_url", "api_key", "model", "user_model", "assistant_model", "distill_model")
+# Paced by the server, not here (--rpm is refused with --server).
+SERVER_PACED = ("requests_per_minute",)
 
 
 class _Commands(click.Group):
@@ -115,7 +129,10 @@ def run_command(
             require_writable(plan.distilled_dir, "-d/--distilled-dir")
         interrupted = "interrupted: to go on, run the same command with --resume"
         with plain_errors(interrupted):
-            summary = _generate(plan, ctx, run_settings)
+            if run_settings.server:
+                summary = _generate_on_server(plan, context_type, run_settings, values)
+            else:
+                summary = _generate(plan, ctx, run_settings)
         finish(summary, run_settings.quiet)
 
     return run
@@ -141,6 +158,52 @@ def _generate(plan: RunPlan, ctx: PipelineContext, run_settings: GenerationSetti
             return asyncio.run(run_conversations(plan, ctx, reporter))
         finally:
             reporter.close()
+
+
+def _on_server(
+    context_type: type[DistillContext], run_settings: RunSettings, values: dict[str, Any]
+) -> tuple[Server, dict[str, Any], dict[str, Any], dict[str, float | None]]:
+    """The server, the graph settings and the model settings given on the command line (the
+    only ones sent: the server's environment holds the rest, the key always), and the prices."""
+    typed = {k: v for k, v in values.items() if v is not None and v != ()}
+    names = {item.name for item in declared(context_type)}
+    model = {name: typed.get(name) for name in MODEL_FIELDS if name in names}
+    model["local_model"] = run_settings.local_model
+    graph = {
+        k: v for k, v in typed.items() if k in names and k not in model and k not in SERVER_PACED
+    }
+    server = server_from_options(
+        run_settings.server, run_settings.server_api_key, model, typed.get("requests_per_minute")
+    )
+    assert server is not None
+    prices = {
+        "input": run_settings.price_input,
+        "cached_input": run_settings.price_cached,
+        "output": run_settings.price_output,
+    }
+    return server, graph, model, prices
+
+
+def _generate_on_server(
+    plan: RunPlan,
+    context_type: type[PipelineContext],
+    run_settings: GenerationSettings,
+    values: dict[str, Any],
+) -> RunSummary:
+    server, graph, model, prices = _on_server(context_type, run_settings, values)
+    remote = remote_run(server, plan, graph, model, prices)
+    if not run_settings.quiet:
+        doing = f"Resuming run {plan.run_id}:" if plan.run_id else "Generating"
+        click.echo(
+            f"{doing} {plan.count} conversation(s) with seed {plan.seed} on the server "
+            f"{server.url}",
+            err=True,
+        )
+    reporter = choose_reporter(quiet=run_settings.quiet, tty=False, total=plan.count)
+    try:
+        return asyncio.run(run_on_server(remote, reporter))
+    finally:
+        reporter.close()
 
 
 def _run_plan(run_settings: GenerationSettings, ctx: PipelineContext) -> RunPlan:
@@ -243,11 +306,24 @@ def distill(**values: Any) -> None:
         return distilled_path(default_dir, source.stem)
 
     quiet = run_settings.quiet
+    reporter = choose_reporter(quiet=quiet, tty=False, total=0)
+    if run_settings.server:
+        with plain_errors():
+            server, graph, model, prices = _on_server(DistillContext, run_settings, values)
+            remote = remote_distill(
+                server,
+                graph,
+                model,
+                prices,
+                concurrency=run_settings.concurrency,
+                force=values["force"],
+            )
+            summary = asyncio.run(distill_on_server(remote, inputs, out_for, reporter, report_dir))
+        finish(summary, quiet)
     with (
         plain_errors(),
         model_session(ctx, run_settings.local_model, quiet) as (ctx, settings, local),
     ):
-        reporter = choose_reporter(quiet=quiet, tty=False, total=0)
         summary = asyncio.run(
             distill_inputs(
                 inputs,

@@ -15,7 +15,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import click
 
-from graph_distill.context import declared, flag_of
+from graph_distill.context import declared, flag_of, from_environment
 
 
 def option_names(item: Field[Any]) -> list[str]:
@@ -106,10 +106,13 @@ def _most_specific_first(cls: type) -> list[Field[Any]]:
 
 
 def given(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of ``cls`` the user set on the command line (None and empty mean unset)."""
+    """The fields of ``cls`` set on the command line (None and empty mean unset), then those
+    left unset that declare an environment variable, from the environment or ``.env`` in the
+    working directory (flag > environment > ``.env`` > default)."""
     names = {item.name for item in declared(cls)}
-    return {
+    chosen = {
         name: value
         for name, value in values.items()
         if name in names and value is not None and value != ()
     }
+    return chosen | from_environment(cls, set(chosen))

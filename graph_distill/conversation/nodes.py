@@ -27,6 +27,7 @@ from graph_distill.conversation.state import ConversationState, Progress
 from graph_distill.llm.models import chat_model, model_name
 from graph_distill.llm.prompting import load_prompt, render_prompt
 from graph_distill.llm.replies import finished_text
+from graph_distill.llm.tokens import encoding
 from graph_distill.llm.usage import Usage, add_usage, empty_usage, usage_of
 
 
@@ -53,6 +54,9 @@ def start(state: ConversationState, runtime: Runtime[ConversationContext]) -> di
         raise ValueError(
             f"need 1 <= min_rounds <= max_rounds, got {ctx.min_rounds}..{ctx.max_rounds}"
         )
+    # Loaded here, in a worker thread: the async nodes count tokens, and an Agent Server
+    # refuses the file reads of a first load inside its event loop.
+    encoding()
     seed = state.get("seed", random.SystemRandom().randrange(2**31))
     rng = random.Random(seed)
     has_scenario = "scenario" in state

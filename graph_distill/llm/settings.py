@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dotenv import dotenv_values
-
-from graph_distill.context import PipelineContext, declared
+from graph_distill.context import PipelineContext, declared, from_environment
 
 MIMO_BASE_URL = "https://api.xiaomimimo.com/v1"
 DEFAULT_MODEL = "mimo-v2-flash"
@@ -54,12 +51,6 @@ def is_mimo(base_url: str) -> bool:
     return host == "xiaomimimo.com" or host.endswith(".xiaomimimo.com")
 
 
-def _dotenv(cwd: Path | None) -> Mapping[str, str | None]:
-    # Relative, not Path.cwd(): os.getcwd counts as a blocking call inside langgraph dev.
-    path = (cwd or Path()) / ".env"
-    return dotenv_values(path) if path.is_file() else {}
-
-
 def resolve_settings(
     flags: Mapping[str, str | None] | None = None,
     *,
@@ -67,19 +58,13 @@ def resolve_settings(
     cwd: Path | None = None,
 ) -> ModelSettings:
     """Merge the sources, highest first; empty strings count as unset."""
-    flags = flags or {}
-    environ = os.environ if environ is None else environ
-    dotenv: list[Mapping[str, str | None]] = []
+    chosen = {
+        name: value.strip() for name, value in (flags or {}).items() if value and value.strip()
+    }
+    values = chosen | from_environment(PipelineContext, set(chosen), environ, cwd)
 
     def pick(name: str) -> str | None:
-        env_name = ENV_NAMES[name]
-        for value in (flags.get(name), environ.get(env_name)):
-            if value and value.strip():
-                return value.strip()
-        if not dotenv:  # read only when needed, once
-            dotenv.append(_dotenv(cwd))
-        value = dotenv[0].get(env_name)
-        return value.strip() if value and value.strip() else None
+        return values.get(name)
 
     base_url = pick("base_url")
     return ModelSettings(

@@ -61,13 +61,16 @@ async def distill_source(
     except Exception as error:
         record_failure(summary, reporter, source.source, error)
         return False
-    return save_distilled(source.source, out_path, result, ctx, summary, reporter, retry_hint)
+    model = model_name(ctx, "distill")
+    return save_distilled(
+        source.source, out_path, result, ctx, summary, reporter, retry_hint, model=model
+    )
 
 
-def distilled_metadata(ctx: DistillContext, usage: Any) -> dict[str, Any]:
+def distilled_metadata(ctx: DistillContext, usage: Any, model: str | None) -> dict[str, Any]:
     """The settings a distilled file was made with (a re-run compares them) and its usage."""
     return {
-        "model": model_name(ctx, "distill"),
+        "model": model,
         "split_method": ctx.split_method,
         "max_tokens": ctx.max_tokens,
         "overlap_tokens": ctx.token_overlap(),
@@ -85,17 +88,20 @@ def save_distilled(
     summary: RunSummary,
     reporter: Reporter,
     hint: str,
+    *,
     label: str | None = None,
+    model: str | bool | None = True,
 ) -> bool:
     """Write a distill graph's ``result`` to ``out_path``. True when its notes are usable; a
     result whose every chunk was kept raw is written too, but counted as a failure (the
-    summary then comes from the raw text) so that the next run redoes it."""
+    summary then comes from the raw text) so that the next run redoes it. ``model``: the model
+    that wrote the notes (None: unknown, a server's own)."""
     data = distilled_file(
         source=source,
         distilled_chunks=result["distilled_chunks"],
         final_summary=result["final_summary"],
         final_notes=result.get("final_notes"),
-        metadata=distilled_metadata(ctx, result["distill_usage"]),
+        metadata=distilled_metadata(ctx, result["distill_usage"], model),
     )
     with stop_on_write_error(out_path.parent, hint):
         write_json_atomic(out_path, data)
@@ -113,6 +119,20 @@ def save_distilled(
     summary.distilled.append(out_path)
     reporter.distilled(name, str(out_path))
     return True
+
+
+def read_sources(
+    inputs: Sequence[Path], summary: RunSummary, reporter: Reporter
+) -> list[SourceConversation]:
+    """Every conversation of ``inputs``; a file that cannot be read is a failure of its own."""
+    sources: list[SourceConversation] = []
+    for path in inputs:
+        try:
+            sources.extend(read_conversations(path))
+        except ValueError as error:
+            summary.failures.append((str(path), str(error)))
+            reporter.failed(str(path), str(error))
+    return sources
 
 
 async def distill_inputs(
@@ -139,13 +159,7 @@ async def distill_inputs(
         async with gate:
             await distill_source(source, out_path, ctx, concurrency, reporter, summary)
 
-    sources: list[SourceConversation] = []
-    for path in inputs:
-        try:
-            sources.extend(read_conversations(path))
-        except ValueError as error:
-            summary.failures.append((str(path), str(error)))
-            reporter.failed(str(path), str(error))
+    sources = read_sources(inputs, summary, reporter)
     if report_dir is None:
         await gather_or_abort([one(s) for s in sources])
         return summary

@@ -33,6 +33,7 @@ from graph_distill.files.writing import (
     reserve_conversation_path,
     write_if_free,
 )
+from graph_distill.llm.models import model_name
 from graph_distill.pipeline import pipeline_builder
 from graph_distill.run.distilling import distill_source, save_distilled
 from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices
@@ -167,7 +168,7 @@ class _DurableRun:
         await self._close_if_complete()
 
     async def _item(self, item: RunItem) -> None:
-        if item.status is ItemStatus.WRITING and _holds(item.conversation_path, item):
+        if item.status is ItemStatus.WRITING and holds(item.conversation_path, item):
             await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
             item = replace(item, status=ItemStatus.SAVED)
         done = ItemStatus.DISTILLED if self.plan.distill else ItemStatus.SAVED
@@ -276,21 +277,11 @@ class _DurableRun:
         return output
 
     async def _save(self, item: RunItem, label: str, record: dict[str, Any]) -> SourceConversation:
-        """Write the conversation under a new name, recorded before the write so that a crash
-        in between cannot lead to a second file of it."""
-        data = conversation_file(record)
         scenario_key = record["metadata"]["scenario_key"]
         with stop_on_write_error(self.plan.conversation_dir, RESUME_HINT):
-            while True:
-                path = reserve_conversation_path(
-                    self.plan.conversation_dir, scenario_key, datetime.now()
-                )
-                await self.manifest.set_status(
-                    self.run_id, item.index, ItemStatus.WRITING, conversation_path=path
-                )
-                if write_if_free(path, data):
-                    break
-        await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
+            path = await save_conversation(
+                self.manifest, self.run_id, item, self.plan.conversation_dir, scenario_key, record
+            )
         self.summary.written.append(path)
         self.summary.rounds += record["total_rounds"]
         self.reporter.saved(label, str(path), record["total_rounds"])
@@ -312,7 +303,8 @@ class _DurableRun:
             self.summary,
             self.reporter,
             RESUME_HINT,
-            label,
+            model=model_name(self.ctx, "distill"),
+            label=label,
         )
         await self.saver.adelete_thread(item.conversation_id)
         if usable:
@@ -380,7 +372,26 @@ class _DurableRun:
         await self.manifest.mark_complete(self.run_id)
 
 
-def _holds(path: Path | None, item: RunItem) -> bool:
+async def save_conversation(
+    manifest: RunManifest,
+    run_id: str,
+    item: RunItem,
+    directory: Path,
+    scenario_key: str,
+    record: dict[str, Any],
+) -> Path:
+    """Write the conversation under a new name, recorded before the write so that a crash
+    in between cannot lead to a second file of it."""
+    data = conversation_file(record)
+    while True:
+        path = reserve_conversation_path(directory, scenario_key, datetime.now())
+        await manifest.set_status(run_id, item.index, ItemStatus.WRITING, conversation_path=path)
+        if write_if_free(path, data):
+            await manifest.set_status(run_id, item.index, ItemStatus.SAVED)
+            return path
+
+
+def holds(path: Path | None, item: RunItem) -> bool:
     """Whether ``path`` is the saved file of ``item`` (files are written whole or not at all)."""
     if path is None:
         return False

@@ -11,6 +11,7 @@ from typing import Any
 
 from graph_distill.context import (
     DistillContext,
+    SettingError,
     check_bounds,
     declared,
     flag_of,
@@ -48,9 +49,26 @@ class RunSettings:
         flag="--local-model",
     )
     quiet: bool = setting(False, "No live text or progress; errors only.", flag="-q/--quiet")
+    server: str | None = setting(
+        None,
+        "Do the work as background runs on this LangGraph Agent Server; the model key and "
+        "settings live on the server.",
+        flag="--server",
+        env="GRAPH_DISTILL_SERVER",
+        resume=True,
+    )
+    server_api_key: str | None = setting(
+        None,
+        "API key of the Agent Server, for deployments that need one. Never printed or saved.",
+        flag="--server-api-key",
+        env="GRAPH_DISTILL_SERVER_API_KEY",
+        secret=True,
+    )
 
     def check(self) -> None:
         check_bounds(self)
+        if self.server and not self.server.startswith(("http://", "https://")):
+            raise SettingError(f"--server {self.server}: give the server's http:// or https:// URL")
 
 
 @dataclass(kw_only=True)

@@ -8,24 +8,11 @@ langgraph.json (so a developer's real ``.env`` never leaks in, and a fresh clone
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import fields
 from typing import Any
 
 import pytest
 from langgraph_cli.config import validate_config_file
-from langgraph_sdk import get_client
-from langgraph_sdk.client import LangGraphClient
 
 from graph_distill import (
     ConversationContext,
@@ -37,131 +24,23 @@ from graph_distill import (
     distill_graph,
     pipeline_graph,
 )
-from graph_distill.llm.settings import ENV_NAMES
-from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.agent_server import (
+    CONFIG_PATH,
+    DevServer,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_PATH = REPO_ROOT / "langgraph.json"
 GRAPHS = {"conversation": conversation_graph, "distill": distill_graph, "pipeline": pipeline_graph}
 CONTEXTS = {
     "conversation": ConversationContext,
     "distill": DistillContext,
     "pipeline": PipelineContext,
 }
-# Generous: a cold start imports langgraph-api and the graphs on a busy 2-core machine.
-STARTUP_TIMEOUT_SECONDS = 180.0
-STOP_TIMEOUT_SECONDS = 15.0
-LOG_TAIL_LINES = 40
-# Everything that could make the dev server reach beyond 127.0.0.1.
-OFFLINE_ENV = {
-    "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-    "LANGGRAPH_NO_VERSION_CHECK": "true",
-    "LANGSMITH_TRACING": "false",
-    "LANGCHAIN_TRACING_V2": "false",
-}
-ONLINE_ENV_NAMES = (
-    "LANGSMITH_API_KEY",
-    "LANGCHAIN_API_KEY",
-    "LANGGRAPH_CLOUD_LICENSE_KEY",
-    "LANGSMITH_CONTROL_PLANE_API_KEY",
-)
 SMALL_CONTEXT = {"split_method": "turns", "max_turns": 4}
 
 
-@dataclass
-class DevServer:
-    url: str
-    workdir: Path
-    log_path: Path
-    fake: FakeOpenAIServer
-
-    def log_tail(self) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-LOG_TAIL_LINES:])
-
-    def client(self) -> LangGraphClient:
-        return get_client(url=self.url)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def server_env(fake: FakeOpenAIServer) -> dict[str, str]:
-    dropped = {*ENV_NAMES.values(), *ONLINE_ENV_NAMES}
-    env = {name: value for name, value in os.environ.items() if name not in dropped}
-    return {
-        **env,
-        **OFFLINE_ENV,
-        "MIMO_BASE_URL": fake.base_url,
-        "MIMO_API_KEY": "studio-test-key",
-        "MIMO_MODEL": "fake-model",
-    }
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ok", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def wait_until_up(process: subprocess.Popen[bytes], server: DevServer) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while not answers(server.url):
-        if process.poll() is not None:
-            pytest.fail(
-                f"langgraph dev exited with code {process.returncode} before answering; "
-                f"log tail:\n{server.log_tail()}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"langgraph dev did not answer {server.url}/ok within "
-                f"{STARTUP_TIMEOUT_SECONDS:.0f}s; log tail:\n{server.log_tail()}"
-            )
-        time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End the server's whole process group: SIGTERM, then SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(STOP_TIMEOUT_SECONDS)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    workdir = tmp_path_factory.mktemp("studio")
-    shutil.copy(CONFIG_PATH, workdir / "langgraph.json")
-    port = free_port()
-    with FakeOpenAIServer() as fake:
-        server = DevServer(f"http://127.0.0.1:{port}", workdir, workdir / "server.log", fake)
-        command = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload"]
-        with server.log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [*command, "--host", "127.0.0.1", "--port", str(port)],
-                cwd=workdir,
-                env=server_env(fake),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_until_up(process, server)
-            yield server
-        finally:
-            stop(process)
+@pytest.fixture
+def dev_server(agent_server: DevServer) -> DevServer:
+    return agent_server
 
 
 async def wait_run(

@@ -1,0 +1,541 @@
+"""Runs on a LangGraph Agent Server (``--server URL``): each conversation, and each
+distillation, is a background run of the server's ``pipeline``, ``conversation`` or ``distill``
+graph on a thread of its own. The server's queue and workers do the work (and hold the model
+key); this side starts or re-attaches to the runs, joins them and writes the same files, usage
+and report as a local run.
+
+Thread ids are UUIDs derived from the run and the item, so a retry or ``--resume`` finds the
+item's thread again: a thread whose run finished gives its output, one still running is joined,
+and only a thread with no run, or whose run failed, gets a new one (it goes on from its last
+checkpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import AuthenticationError, LangGraphError, PermissionDeniedError
+
+from graph_distill.context import (
+    ConversationContext,
+    DistillContext,
+    ModelContext,
+    PipelineContext,
+)
+from graph_distill.conversation.graph import recursion_limit
+from graph_distill.conversation.scenarios import pick_scenario
+from graph_distill.files.readers import SourceConversation
+from graph_distill.files.writing import distilled_path
+from graph_distill.llm.settings import MIMO_BASE_URL
+from graph_distill.run.distilling import read_sources, save_distilled
+from graph_distill.run.generation import (
+    RunPlan,
+    conversation_seed,
+    holds,
+    save_conversation,
+)
+from graph_distill.run.ledger import (
+    MIMO_V2_FLASH_PRICES,
+    CostLedger,
+    Prices,
+    default_prices,
+    prices_with,
+)
+from graph_distill.run.lock import hold_run
+from graph_distill.run.progress import Reporter
+from graph_distill.run.store import ItemStatus, RunItem, RunManifest, new_run_id, open_store
+from graph_distill.run.summary import (
+    RESUME_HINT,
+    RETRY_HINT,
+    RunSummary,
+    gather_or_abort,
+    reported,
+    stop_on_write_error,
+)
+
+# Fixed: thread ids must come out the same in every process and on every machine.
+THREAD_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4e0b-9a55-3b1f0c9d2e41")
+# Steps of the distill graph on top of the conversation's (split, map, reduce, collapses).
+DISTILL_STEPS = 50
+UNFINISHED = ("pending", "running")
+FAILED_STATUS = {"error": "failed", "timeout": "timed out", "interrupted": "was cancelled"}
+SERVER_ERRORS = (LangGraphError, httpx.HTTPError)
+# A join waits for a whole run; it is made again when the read times out.
+CLIENT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=None)
+
+
+class ServerError(Exception):
+    """The server cannot serve this run at all (unreachable, key refused, graph missing): one
+    plain line for the user."""
+
+
+class RunFailed(Exception):
+    """One item's run ended without output on the server (error, timeout, cancelled)."""
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+
+    def client(self) -> LangGraphClient:
+        # No pool timeout: with -j above the client's connection limit, joins wait their turn.
+        return get_client(url=self.url, api_key=self.api_key, timeout=CLIENT_TIMEOUT)
+
+
+def thread_id(*parts: Any) -> str:
+    """The UUID the server knows one item's thread by, derived from what identifies it."""
+    return str(uuid.uuid5(THREAD_NAMESPACE, json.dumps(parts, sort_keys=True, default=str)))
+
+
+def server_context(
+    ctx: PipelineContext, given: Sequence[str], schema: type[ModelContext]
+) -> dict[str, Any]:
+    """The run context sent with each run: ``ctx``'s values of the graph's context ``schema``,
+    of the model settings only those named in ``given`` (the server's own environment decides
+    the others, the key always)."""
+    return {
+        f.name: getattr(ctx, f.name)
+        for f in fields(schema)
+        if (f.name not in _MODEL_FIELDS or f.name in given) and getattr(ctx, f.name) is not None
+    }
+
+
+_MODEL_FIELDS = (
+    "base_url",
+    "api_key",
+    "model",
+    "user_model",
+    "assistant_model",
+    "distill_model",
+    "requests_per_minute",
+)
+
+
+def describe_server_error(server: Server, error: BaseException) -> str:
+    if isinstance(error, AuthenticationError | PermissionDeniedError):
+        return f"the server {server.url} refused the request: check --server-api-key"
+    if isinstance(error, httpx.TransportError):
+        return f"cannot reach the server {server.url}: {error or type(error).__name__}"
+    if isinstance(error, LangGraphError | httpx.HTTPStatusError):
+        return f"the server {server.url} answered: {error}".splitlines()[0]
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def record_server_failure(
+    summary: RunSummary, reporter: Reporter, server: Server, label: str, error: Exception
+) -> None:
+    """One item lost to the server (its run failed, or the server stopped answering)."""
+    reason = str(error) if isinstance(error, RunFailed) else describe_server_error(server, error)
+    summary.failures.append((label, reason))
+    reporter.failed(label, reason)
+
+
+async def check_server(server: Server, client: LangGraphClient, graph_id: str) -> None:
+    """ServerError unless the server answers and serves ``graph_id``."""
+    try:
+        assistants = await client.assistants.search(graph_id=graph_id, limit=1)
+    except SERVER_ERRORS as error:
+        raise ServerError(describe_server_error(server, error)) from error
+    if not assistants:
+        raise ServerError(f"the server {server.url} serves no {graph_id!r} graph")
+
+
+async def thread_output(
+    client: LangGraphClient,
+    graph_id: str,
+    thread: str,
+    inputs: dict[str, Any],
+    *,
+    context: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """The output of ``graph_id`` on ``thread``: taken from a finished run, joined from one
+    in flight, or from a run started now (RunFailed when it ends without output)."""
+    await client.threads.create(thread_id=thread, if_exists="do_nothing", graph_id=graph_id)
+    latest = await client.runs.list(thread, limit=1)
+    if latest and latest[0]["status"] == "success":
+        return dict((await client.threads.get_state(thread))["values"])
+    if latest and latest[0]["status"] in UNFINISHED:
+        run_id = latest[0]["run_id"]
+    else:
+        state = await client.threads.get_state(thread)
+        run = await client.runs.create(
+            thread,
+            graph_id,
+            # A failed run left checkpoints: go on from them rather than start over.
+            input=None if state["next"] else inputs,
+            context=context,
+            config=config,
+            multitask_strategy="reject",
+        )
+        run_id = run["run_id"]
+    return await _join(client, thread, run_id)
+
+
+async def _join(client: LangGraphClient, thread: str, run_id: str) -> dict[str, Any]:
+    while True:
+        try:
+            output = await client.runs.join(thread, run_id)
+            break
+        except httpx.ReadTimeout:
+            continue  # a long run: join again
+    run = await client.runs.get(thread, run_id)
+    if run["status"] == "success" and isinstance(output, dict) and "__error__" not in output:
+        return output
+    error = output.get("__error__") if isinstance(output, dict) else None
+    detail = f": {error.get('error')}: {error.get('message')}" if error else ""
+    raise RunFailed(f"the server's run {FAILED_STATUS.get(run['status'], run['status'])}{detail}")
+
+
+@dataclass(kw_only=True)
+class RemoteRun:
+    """A ``run`` on the server: the plan, the settings sent as context, and the model names
+    known here (those given on the command line) for the files' metadata."""
+
+    server: Server
+    plan: RunPlan
+    ctx: PipelineContext
+    given: Sequence[str]
+
+    @property
+    def graph_id(self) -> str:
+        return "pipeline" if self.plan.distill else "conversation"
+
+
+async def run_on_server(remote: RemoteRun, reporter: Reporter) -> RunSummary:
+    """``run`` with the work done on the server: recorded in the conversation directory like a
+    local run (so ``--resume`` finds it), its items re-attached by their thread ids."""
+    plan = remote.plan
+    client = remote.server.client()
+    await check_server(remote.server, client, remote.graph_id)
+    run_id = plan.run_id or new_run_id()
+    async with (
+        hold_run(plan.conversation_dir, run_id),
+        open_store(plan.conversation_dir) as (_, manifest),
+    ):
+        if plan.run_id is None:
+            await manifest.create(plan.resume_settings, plan.count, run_id)
+        else:
+            await manifest.get(run_id)
+        work = _ServerRun(remote, client, manifest, run_id, reporter)
+        settings = {
+            **plan.report_settings,
+            **_model_report(remote.ctx, remote.given),
+            "run_id": run_id,
+        }
+        with reported(work.summary, plan.conversation_dir, remote.ctx, settings, RESUME_HINT):
+            await work.execute()
+    return work.summary
+
+
+def _model_report(ctx: PipelineContext, given: Sequence[str]) -> dict[str, Any]:
+    """The report's model settings: those sent to the server; None means the server's own."""
+    names = ("base_url", "model", "user_model", "assistant_model", "distill_model")
+    values = {name: getattr(ctx, name) if name in given else None for name in names}
+    return {"base_url": values.pop("base_url"), "model": values.pop("model"), "models": values}
+
+
+def given_model(ctx: PipelineContext, given: Sequence[str], role: str) -> str | None:
+    """The model ``role`` is played by when the command line said so; None: the server's."""
+    for name in (f"{role}_model", "model"):
+        if name in given:
+            return getattr(ctx, name)
+    return None
+
+
+class _ServerRun:
+    """One run's items on the server: each run, joined, saved and distilled once."""
+
+    def __init__(
+        self,
+        remote: RemoteRun,
+        client: LangGraphClient,
+        manifest: RunManifest,
+        run_id: str,
+        reporter: Reporter,
+    ) -> None:
+        self.remote = remote
+        self.plan = remote.plan
+        self.client = client
+        self.manifest = manifest
+        self.run_id = run_id
+        self.reporter = reporter
+        self.summary = RunSummary(
+            run_id=run_id,
+            ledger=CostLedger(self.plan.prices, budget_tokens=self.plan.budget_tokens),
+        )
+        self.gate = asyncio.Semaphore(self.plan.concurrency)
+        schema = PipelineContext if self.plan.distill else ConversationContext
+        self.context = server_context(remote.ctx, remote.given, schema)
+        self.config = {
+            "recursion_limit": recursion_limit(remote.ctx.max_rounds) + DISTILL_STEPS,
+            "max_concurrency": self.plan.concurrency,
+        }
+
+    @property
+    def done(self) -> ItemStatus:
+        return ItemStatus.DISTILLED if self.plan.distill else ItemStatus.SAVED
+
+    async def execute(self) -> None:
+        await gather_or_abort([self._item(item) for item in await self.manifest.items(self.run_id)])
+        items = await self.manifest.items(self.run_id)
+        self.summary.unfinished = sum(item.status is not self.done for item in items)
+        if not self.summary.unfinished:
+            await self.manifest.mark_complete(self.run_id)
+
+    async def _item(self, item: RunItem) -> None:
+        if item.status is ItemStatus.WRITING and holds(item.conversation_path, item):
+            await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
+            item = replace(item, status=ItemStatus.SAVED)
+        if item.status is self.done or item.status is ItemStatus.DISTILLED:
+            assert item.conversation_path is not None
+            self.summary.kept.append(item.conversation_path)
+            return
+        seed = conversation_seed(self.plan.seed, item.index)
+        scenario = pick_scenario(self.plan.scenarios, random.Random(seed))
+        label = f"#{item.index + 1} {scenario.key}"
+        inputs = {
+            "scenario": scenario.to_record(),
+            "scenario_key": scenario.key,
+            "seed": seed,
+            "conversation_id": item.conversation_id,
+        }
+        async with self.gate:
+            if self._over_budget(item):
+                return
+            started = self.summary.ledger.now()
+            output = await self._output(item, label, inputs)
+        if output is not None:
+            await self._write(item, label, scenario.key, output, started)
+
+    async def _output(
+        self, item: RunItem, label: str, inputs: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The item's output from the server; None (and a failure recorded) without one."""
+        try:
+            return await thread_output(
+                self.client,
+                self.remote.graph_id,
+                thread_id(self.run_id, item.index),
+                inputs,
+                context=self.context,
+                config=self.config,
+            )
+        except (RunFailed, *SERVER_ERRORS) as error:
+            record_server_failure(self.summary, self.reporter, self.remote.server, label, error)
+            return None
+
+    def _over_budget(self, item: RunItem) -> bool:
+        """Whether the token budget keeps this item from starting (one that already has a
+        saved conversation only needs its distillation written)."""
+        budget = self.summary.ledger.budget
+        if not budget.exhausted or item.status is ItemStatus.SAVED:
+            return False
+        if not self.summary.not_started:
+            self.reporter.note(f"{budget.message()}: no new conversation starts")
+        self.summary.not_started += 1
+        return True
+
+    async def _write(
+        self, item: RunItem, label: str, scenario_key: str, output: dict[str, Any], started: float
+    ) -> None:
+        record = output["conversation_record"]
+        if item.status is ItemStatus.SAVED:
+            assert item.conversation_path is not None
+            path = item.conversation_path
+            self.summary.kept.append(path)
+        else:
+            self.summary.ledger.record("generation", record["metadata"]["usage"], started)
+            with stop_on_write_error(self.plan.conversation_dir, RESUME_HINT):
+                path = await save_conversation(
+                    self.manifest,
+                    self.run_id,
+                    item,
+                    self.plan.conversation_dir,
+                    scenario_key,
+                    record,
+                )
+            self.summary.written.append(path)
+            self.summary.rounds += record["total_rounds"]
+            self.reporter.saved(label, str(path), record["total_rounds"])
+        if not self.plan.distill:
+            return
+        self.summary.ledger.record("distillation", output["distill_usage"], started)
+        out_path = distilled_path(self.plan.distilled_dir, path.stem)
+        usable = save_distilled(
+            str(path),
+            out_path,
+            output,
+            self.remote.ctx,
+            self.summary,
+            self.reporter,
+            RESUME_HINT,
+            model=given_model(self.remote.ctx, self.remote.given, "distill"),
+            label=label,
+        )
+        if usable:
+            await self.manifest.set_status(
+                self.run_id, item.index, ItemStatus.DISTILLED, distilled_path=out_path
+            )
+
+
+@dataclass(kw_only=True)
+class RemoteDistill:
+    """A ``distill`` on the server; a plain re-run re-attaches to the same threads."""
+
+    server: Server
+    ctx: PipelineContext
+    given: Sequence[str]
+    concurrency: int
+    force: bool
+    prices: Prices = MIMO_V2_FLASH_PRICES
+
+
+async def distill_on_server(
+    remote: RemoteDistill,
+    inputs: Sequence[Path],
+    out_for: Callable[[SourceConversation], Path],
+    reporter: Reporter,
+    report_dir: Path,
+) -> RunSummary:
+    """``distill`` with each conversation distilled by a run of the server's distill graph."""
+    client = remote.server.client()
+    await check_server(remote.server, client, "distill")
+    summary = RunSummary(ledger=CostLedger(remote.prices))
+    gate = asyncio.Semaphore(remote.concurrency)
+    context = server_context(remote.ctx, remote.given, DistillContext)
+    config = {"max_concurrency": remote.concurrency}
+    model = given_model(remote.ctx, remote.given, "distill")
+
+    async def one(source: SourceConversation) -> None:
+        out_path = out_for(source)
+        if out_path.exists() and not remote.force:
+            summary.skipped.append(out_path)
+            return
+        thread = thread_id(
+            "distill", str(Path(out_path).absolute()), _digest(source.messages), context
+        )
+        async with gate:
+            started = summary.ledger.now()
+            try:
+                output = await thread_output(
+                    client,
+                    "distill",
+                    thread,
+                    {"conversation": source.messages},
+                    context=context,
+                    config=config,
+                )
+            except (RunFailed, *SERVER_ERRORS) as error:
+                record_server_failure(summary, reporter, remote.server, source.source, error)
+                return
+        summary.ledger.record("distillation", output["distill_usage"], started)
+        save_distilled(
+            source.source, out_path, output, remote.ctx, summary, reporter, RETRY_HINT, model=model
+        )
+
+    sources = read_sources(inputs, summary, reporter)
+    settings = {
+        "inputs": [str(Path(path).absolute()) for path in inputs],
+        "concurrency": remote.concurrency,
+        "force": remote.force,
+        "server": remote.server.url,
+        **_model_report(remote.ctx, remote.given),
+    }
+    with reported(summary, report_dir, remote.ctx, settings, RETRY_HINT):
+        await gather_or_abort([one(s) for s in sources])
+    return summary
+
+
+def _digest(messages: Sequence[Mapping[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+
+
+def server_from_options(
+    url: str | None, api_key: str | None, model_flags: Mapping[str, Any], rpm: float | None
+) -> Server | None:
+    """The server of ``--server`` (None: work here); ServerError for options that only a
+    local run can honour."""
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ServerError(f"--server {url}: give the server's http:// or https:// URL")
+    if rpm is not None:
+        raise ServerError(
+            "--rpm cannot pace a run on --server: limit requests on the server "
+            "(its jobs per worker and the model provider's limits)"
+        )
+    for name, option in (("api_key", "--api-key"), ("local_model", "--local-model")):
+        if model_flags.get(name):
+            raise ServerError(
+                f"{option} cannot be used with --server: the server's environment holds the "
+                "model key and settings"
+            )
+    return Server(url.rstrip("/"), api_key or None)
+
+
+def given_settings(model_flags: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model settings given on the command line: the only ones sent to the server."""
+    return tuple(
+        name
+        for name, value in model_flags.items()
+        if name not in ("api_key", "local_model") and value
+    )
+
+
+def remote_run(
+    server: Server,
+    plan: RunPlan,
+    graph_settings: Mapping[str, Any],
+    model_flags: Mapping[str, Any],
+    price_flags: Mapping[str, float | None],
+) -> RemoteRun:
+    """``plan`` to be done on ``server``, priced with the --price-* flags."""
+    ctx, given = _server_settings(graph_settings, model_flags)
+    plan.prices = _server_prices(ctx, price_flags)
+    return RemoteRun(server=server, plan=plan, ctx=ctx, given=given)
+
+
+def remote_distill(
+    server: Server,
+    split_settings: Mapping[str, Any],
+    model_flags: Mapping[str, Any],
+    price_flags: Mapping[str, float | None],
+    *,
+    concurrency: int,
+    force: bool,
+) -> RemoteDistill:
+    ctx, given = _server_settings(split_settings, model_flags)
+    return RemoteDistill(
+        server=server,
+        ctx=ctx,
+        given=given,
+        concurrency=concurrency,
+        force=force,
+        prices=_server_prices(ctx, price_flags),
+    )
+
+
+def _server_settings(
+    values: Mapping[str, Any], model_flags: Mapping[str, Any]
+) -> tuple[PipelineContext, tuple[str, ...]]:
+    given = given_settings(model_flags)
+    return PipelineContext(**values, **{name: model_flags[name] for name in given}), given
+
+
+def _server_prices(ctx: PipelineContext, price_flags: Mapping[str, float | None]) -> Prices:
+    """The --price-* flags over the defaults for the model server the runs call: the
+    --base-url sent, else MiMo (the default a server configured like this project's uses)."""
+    base_url = ctx.base_url or MIMO_BASE_URL
+    return prices_with(**price_flags, defaults=default_prices(base_url, local=False))
