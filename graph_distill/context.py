@@ -44,8 +44,35 @@ class ConversationContext(ModelContext):
     history_cut_step: int = setting(
         16, "Messages dropped at once when history must be cut (keeps prompt prefixes cached)."
     )
-    similarity_threshold: float = setting(
-        0.7, "Lexical similarity above which a message counts as a repeat (stall)."
+    copy_threshold: float = setting(
+        0.6,
+        "Share of a message's word triples found in an earlier message (same side, or the "
+        "other side's last message) above which it counts as a copy or an echo.",
+    )
+    opening_words: int = setting(
+        8, "Words of identical opening that make a message a copy of an earlier one."
+    )
+    self_repeat_threshold: float = setting(
+        0.5, "Share of a message's sentences repeating an earlier one in it that flags it."
+    )
+    min_novelty: float = setting(
+        0.3, "Share of new content words under which a round of mutual praise is empty."
+    )
+    stall_rounds: int = setting(
+        2, "Rounds in a row that must show copies, echoes or empty praise to make a stall."
+    )
+    drift_window: int = setting(4, "Rounds whose words are compared with the scenario's.")
+    drift_threshold: float = setting(
+        0.05, "Similarity to the scenario's words under which the recent rounds have drifted."
+    )
+    stall_retry_rounds: int = setting(
+        4,
+        "A stall found within this many rounds of a topic switch means the switch did not take: "
+        "the next switch adds repetition penalties and a firmer steer, the one after ends the "
+        "conversation as 'stalled'.",
+    )
+    repetition_penalty: float = setting(
+        0.8, "frequency_penalty and presence_penalty sent after a switch that did not take."
     )
     max_role_retries: int = setting(2, "Regenerations of a user message that breaks role.")
 

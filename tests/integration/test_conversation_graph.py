@@ -10,7 +10,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.graph import conversation_builder, conversation_graph
-from graph_distill.conversation.nodes import finish
+from graph_distill.conversation.nodes import end_guard
 from graph_distill.conversation.roles import role_break
 from graph_distill.conversation.scenarios import builtin_scenarios
 from tests.support.fake_openai import FakeOpenAIServer, message_text
@@ -104,7 +104,7 @@ async def test_acknowledgements_switch_to_next_followup() -> None:
 
 async def test_user_repeat_switches_topic_and_next_message_is_steered() -> None:
     same = RoleResponder(user=lambda n: "how do I pick a learning rate for my model?")
-    record, _, _ = await converse(same, rounds=4)
+    record, _, _ = await converse(same, rounds=12, stall_retry_rounds=1)
     reasons = [s["reason"] for s in record["metadata"]["topic_switches"]]
     assert reasons and all("repeated an earlier message" in r for r in reasons)
     topics = [s["to_topic"] for s in record["metadata"]["topic_switches"]]
@@ -113,7 +113,7 @@ async def test_user_repeat_switches_topic_and_next_message_is_steered() -> None:
 
 async def test_assistant_repeat_is_a_stall() -> None:
     parrot = RoleResponder(assistant=lambda n: "Gradient descent updates weights step by step.")
-    record, _, _ = await converse(parrot, rounds=3)
+    record, _, _ = await converse(parrot, rounds=4)
     assert any("assistant repeated" in s["reason"] for s in record["metadata"]["topic_switches"])
 
 
@@ -146,13 +146,14 @@ async def test_role_breaking_user_message_is_regenerated_at_most_twice() -> None
 
 
 def test_role_break_rules() -> None:
-    assert role_break("", None) == "empty"
-    assert role_break("As an AI, I think so", None) == "speaks as the AI"
-    assert role_break("sure.\nAssistant: here is the answer", None) == "speaks as the AI"
-    assert role_break("x" * 2000, None) == "answers itself at length"
+    ctx = ConversationContext()
+    assert role_break("", None, ctx) == "empty"
+    assert role_break("As an AI, I think so", None, ctx) == "speaks as the AI"
+    assert role_break("sure.\nAssistant: here is the answer", None, ctx) == "speaks as the AI"
+    assert role_break("x" * 2000, None, ctx) == "explains like an expert"
     reply = "Overfitting means the model memorises noise in the training data."
-    assert role_break(reply, reply) == "echoes the assistant"
-    assert role_break("hmm so how do i spot overfitting early?", reply) is None
+    assert role_break(reply, reply, ctx) == "echoes the assistant"
+    assert role_break("hmm so how do i spot overfitting early?", reply, ctx) is None
 
 
 async def test_empty_assistant_reply_is_regenerated() -> None:
@@ -190,14 +191,14 @@ async def test_history_window_bounds_prompt_and_keeps_prefix_stable() -> None:
     assert server.stats["cached_tokens"] > 0.5 * server.stats["prompt_tokens"]
 
 
-def test_finish_drops_trailing_user_and_empty_messages() -> None:
+def test_end_guard_drops_trailing_user_and_empty_messages() -> None:
     state = {
         "conversation_id": "c1",
         "scenario": SCENARIO.to_record(),
         "scenario_key": SCENARIO.key,
         "seed": 1,
-        "target_rounds": 3,
-        "termination_reason": "target_rounds",
+        "target_rounds": 2,
+        "rounds": 2,
         "conversation_messages": [
             HumanMessage("hi", id="m0"),
             AIMessage("hello", id="m1"),
@@ -209,14 +210,16 @@ def test_finish_drops_trailing_user_and_empty_messages() -> None:
 
     class Runtime:
         context = ConversationContext(base_url="http://127.0.0.1:9/v1", model="m")
+        stream_writer = staticmethod(lambda _event: None)
 
-    out = finish(state, Runtime())  # type: ignore[arg-type]
+    out = end_guard(state, Runtime())  # type: ignore[arg-type]
     assert out["conversation"] == [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"},
     ]
     assert {m.id for m in out["conversation_messages"]} == {"m2", "m3", "m4"}
     assert out["conversation_record"]["total_rounds"] == 1
+    assert out["conversation_record"]["metadata"]["termination_reason"] == "target_rounds"
 
 
 async def test_checkpointed_run_and_streamed_rounds() -> None:
@@ -245,11 +248,15 @@ def test_graph_is_named_and_drawable_offline() -> None:
         "simulate_user",
         "add_noise",
         "respond",
-        "check_progress",
         "switch_topic",
-        "finish",
+        "end_guard",
     ):
         assert node in mermaid
+    # the stagnation detector is the conditional edge out of the assistant step
+    assert {"respond -.-> simulate_user", "respond -.-> switch_topic"} <= {
+        line.strip().rstrip(";") for line in mermaid.splitlines()
+    }
+    assert "respond -.-> end_guard" in mermaid
 
 
 def test_bad_round_range_is_rejected() -> None:
