@@ -61,9 +61,9 @@ class ConversationContext(ModelContext):
     stall_rounds: int = setting(
         2, "Rounds in a row that must show copies, echoes or empty praise to make a stall."
     )
-    drift_window: int = setting(4, "Rounds whose words are compared with the scenario's.")
+    drift_window: int = setting(6, "Rounds whose words are compared with the scenario's.")
     drift_threshold: float = setting(
-        0.05, "Similarity to the scenario's words under which the recent rounds have drifted."
+        0.03, "Similarity to the scenario's words under which the recent rounds have drifted."
     )
     stall_retry_rounds: int = setting(
         4,

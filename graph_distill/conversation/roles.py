@@ -29,6 +29,16 @@ _EXPERT = re.compile(
     r"first(ly)?,|second(ly)?,|finally,|additionally,|furthermore,)",
     re.IGNORECASE,
 )
+# "What is X? X is ...": a sentence defining what the question asked about.
+_DEFINITION = re.compile(
+    r"^\s*(?:the |an? )?([\w'-]+(?: [\w'-]+){0,3}?) "
+    r"(?:is|are|means|refers to|works by|happens when)\b[^?]*?(?:[.!\n]|$)",
+    re.IGNORECASE,
+)
+_WHAT_IS = re.compile(
+    r"\b(?:what|who) (?:is|are|was|were)\b|\bwhat does .+ mean\b|\bhow does .+ work\b",
+    re.IGNORECASE,
+)
 _LIST_LINE = re.compile(r"^\s*(\d+[.)]|[-*\u2022])\s+\S", re.MULTILINE)
 MAX_USER_CHARS = 1500
 EXPERT_MARKERS = 3
@@ -46,8 +56,12 @@ def answers_itself(text: str) -> bool:
     question_end = text.find("?")
     if question_end < 0:
         return False
-    after = text[question_end + 1 :]
-    return bool(_ANSWER_OPENER.match(after)) or len(_EXPERT.findall(after)) >= 2
+    question, after = text[: question_end + 1].lower(), text[question_end + 1 :]
+    definition = _DEFINITION.match(after) if _WHAT_IS.search(question) else None
+    defines_subject = bool(definition) and all(
+        word in question for word in definition.group(1).lower().split()
+    )
+    return defines_subject or bool(_ANSWER_OPENER.match(after)) or len(_EXPERT.findall(after)) >= 2
 
 
 def explains_like_expert(text: str) -> bool:

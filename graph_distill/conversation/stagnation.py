@@ -64,11 +64,14 @@ MEMORY_ROUNDS = 16
 SHINGLE_WORDS = 3
 OPENING_WORDS = 12
 STEM_LETTERS = 5
+# Messages shorter than this many word triples (a number, "yes", "go on") are never copies.
+MIN_COPY_SHINGLES = 4
+EXACT_COPY = 0.95
 
 REASONS = {
     "user_repeat": "the user repeated an earlier message",
     "assistant_repeat": "the assistant repeated an earlier reply",
-    "echo": "one side echoed the other's last message",
+    "echo": "the user echoed the assistant's last reply",
     "self_repeat": "a message repeated its own sentences",
     "praise_spiral": "rounds of praise and thanks with nothing new",
     "drift": "the talk drifted away from the scenario",
@@ -189,14 +192,27 @@ def _shared_opening(a: MessagePrint, b: MessagePrint) -> int:
     return shared
 
 
+def containment(new: MessagePrint, old: MessagePrint) -> float:
+    """Share of ``new``'s word triples that ``old`` has too."""
+    grams = new["shingles"]
+    return len(set(grams).intersection(old["shingles"])) / len(grams) if grams else 0.0
+
+
 def near_copy(new: MessagePrint, old: MessagePrint, limits: ConversationContext) -> bool:
     """Whether ``new`` mostly copies ``old``: by containment of its word triples, or by a long
     shared opening (loops keep their first sentence and vary the tail)."""
-    grams = new["shingles"]
-    if not grams:
+    if len(new["shingles"]) < MIN_COPY_SHINGLES:
         return False
-    contained = len(set(grams).intersection(old["shingles"])) / len(grams)
-    return contained >= limits.copy_threshold or _shared_opening(new, old) >= limits.opening_words
+    return (
+        containment(new, old) >= limits.copy_threshold
+        or _shared_opening(new, old) >= limits.opening_words
+    )
+
+
+def _exact_copy(new: MessagePrint, earlier: Iterable[MessagePrint]) -> bool:
+    if len(new["shingles"]) < MIN_COPY_SHINGLES:
+        return False
+    return any(containment(new, old) >= EXACT_COPY for old in earlier)
 
 
 def _novelty(round_print: RoundPrint, earlier: Sequence[RoundPrint]) -> float:
@@ -210,16 +226,21 @@ def _novelty(round_print: RoundPrint, earlier: Sequence[RoundPrint]) -> float:
 def _signals(
     current: RoundPrint, earlier: Sequence[RoundPrint], limits: ConversationContext
 ) -> list[str]:
+    """The loop signals a round shows. A side copying its own earlier messages counts only when
+    both sides do it, or the copy is exact: quizzes, questionnaires and editing sessions reuse
+    one side's phrasing round after round without going anywhere wrong."""
     user, assistant = current["user"], current["assistant"]
+    users = [r["user"] for r in earlier]
+    replies = [r["assistant"] for r in earlier]
+    user_copies = any(near_copy(user, old, limits) for old in users)
+    assistant_copies = any(near_copy(assistant, old, limits) for old in replies)
     found = []
-    if any(near_copy(assistant, r["assistant"], limits) for r in earlier):
+    if _exact_copy(assistant, replies) or (assistant_copies and user_copies):
         found.append("assistant_repeat")
-    if any(near_copy(user, r["user"], limits) for r in earlier):
+    if _exact_copy(user, users) or (assistant_copies and user_copies):
         found.append("user_repeat")
-    last_reply = [earlier[-1]["assistant"]] if earlier else []
-    if any(near_copy(user, reply, limits) for reply in last_reply) or near_copy(
-        assistant, user, limits
-    ):
+    # Only the user parroting the reply: an assistant restating the question is normal.
+    if replies and near_copy(user, replies[-1], limits):
         found.append("echo")
     if max(user["self_repeat"], assistant["self_repeat"]) >= limits.self_repeat_threshold:
         found.append("self_repeat")

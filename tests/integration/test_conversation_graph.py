@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from graph_distill.conversation.graph import conversation_builder, conversation_
 from graph_distill.conversation.nodes import end_guard
 from graph_distill.conversation.roles import role_break
 from graph_distill.conversation.scenarios import builtin_scenarios
-from tests.support.fake_openai import FakeOpenAIServer, message_text
+from tests.support.fake_openai import FakeOpenAIServer, _Fault, message_text
 from tests.support.roles import RoleResponder, Script, varied
 
 SCENARIO = builtin_scenarios()[0]
@@ -304,3 +305,99 @@ async def test_replies_cut_at_the_token_limit_are_trimmed_to_a_sentence(streamed
     assert contents[1] == uncut("answer")(0)
     assert contents[5] == uncut("answer")(2)
     assert contents[4] == uncut("question")(1)
+
+
+LOOP_USER = "You're so right, I'll just make sure to share more examples of this theme of {}."
+LOOP_REPLY = "You're so right, I'm glad you brought it back to the story of {} and kindness."
+LOOP_TAILS = ["friendship", "generosity", "sharing", "warmth", "caring", "giving", "trust"]
+
+
+def praise_loop(template: str) -> Script:
+    return lambda n: template.format(LOOP_TAILS[n % len(LOOP_TAILS)])
+
+
+class PenaltyRefusingServer(FakeOpenAIServer):
+    """A server that answers 400 to requests with repetition penalties (some do)."""
+
+    def _refusal(self, body: Any) -> Any:
+        if "frequency_penalty" in body or "presence_penalty" in body:
+            return _Fault("400", message="frequency_penalty is not supported")
+        return super()._refusal(body)
+
+
+async def stream_loop(server: FakeOpenAIServer, rounds: int) -> tuple[dict[str, Any], list[Any]]:
+    ctx = context(server, min_rounds=rounds, max_rounds=rounds)
+    inputs = {"scenario": SCENARIO.to_record(), "seed": 1, "target_rounds": rounds}
+    events, record = [], {}
+    async for mode, data in conversation_graph.astream(
+        inputs, {"recursion_limit": 200}, context=ctx, stream_mode=["custom", "values"]
+    ):
+        if mode == "custom":
+            events.append(data)
+        else:
+            record = data.get("conversation_record", record)
+    return record, events
+
+
+@pytest.mark.parametrize("server_class", [FakeOpenAIServer, PenaltyRefusingServer])
+async def test_a_stall_that_switching_does_not_break_escalates_then_ends_stalled(
+    server_class: type[FakeOpenAIServer],
+) -> None:
+    loop = RoleResponder(user=praise_loop(LOOP_USER), assistant=praise_loop(LOOP_REPLY))
+    with server_class(loop) as server:
+        record, events = await stream_loop(server, rounds=30)
+    meta = record["metadata"]
+    assert meta["termination_reason"] == "stalled"
+    assert_well_formed(record, record["total_rounds"])
+    assert record["total_rounds"] < 30
+    switches = meta["topic_switches"]
+    assert [s["escalation"] for s in switches] == [1, 2]
+    assert "did not take" in switches[1]["reason"]
+    # each step came within stall_retry_rounds of the one before
+    ends = [s["turn"] // 2 for s in switches] + [record["total_rounds"]]
+    assert all(0 < b - a <= ConversationContext().stall_retry_rounds for a, b in pairs(ends))
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("topic_switch") == 2 and kinds[-1] == "stalled"
+    assert events[-1]["reason"] == meta["stall"]["reason"]
+    # after the firm switch every model call asks for repetition penalties, with a firmer steer
+    firm_from = switches[1]["turn"] // 2
+    late = [r for r in server.records if len(r.body["messages"]) > 2 * firm_from]
+    with_penalty = [r for r in late if r.body.get("frequency_penalty") == 0.8]
+    assert with_penalty and all(r.body.get("presence_penalty") == 0.8 for r in with_penalty)
+    if server_class is PenaltyRefusingServer:
+        # refused, then asked again without them
+        assert all(r.fault == "400" for r in with_penalty)
+        assert len(late) == 2 * len(with_penalty)
+    else:
+        assert late == with_penalty
+    steer = message_text(loop.bodies["user"][firm_from - 1]["messages"][-1])
+    assert "going in circles" in steer
+
+
+def pairs(values: list[int]) -> list[tuple[int, int]]:
+    return list(itertools.pairwise(values))
+
+
+async def test_a_switch_that_takes_resets_the_escalation() -> None:
+    def user(n: int) -> str:
+        return praise_loop(LOOP_USER)(n) if n in (1, 2, 3) else varied("question")(n)
+
+    def reply(n: int) -> str:
+        return praise_loop(LOOP_REPLY)(n) if n in (2, 3, 4) else varied("answer")(n)
+
+    script = RoleResponder(user=user, assistant=reply)
+    record, _, _ = await converse(script, rounds=12)
+    assert record["metadata"]["termination_reason"] == "target_rounds"
+    assert [s["escalation"] for s in record["metadata"]["topic_switches"]] == [1]
+
+
+async def test_role_breaks_are_recorded() -> None:
+    script = RoleResponder(
+        user=lambda n: (
+            "What is overfitting? Overfitting is when a model memorises the training data."
+            if n == 0
+            else f"question {n} about gradients?"
+        )
+    )
+    record, _, _ = await converse(script, rounds=3)
+    assert record["metadata"]["role_breaks"] == [{"turn": 2, "reason": "answers its own question"}]
