@@ -226,26 +226,29 @@ def _novelty(round_print: RoundPrint, earlier: Sequence[RoundPrint]) -> float:
 def _signals(
     current: RoundPrint, earlier: Sequence[RoundPrint], limits: ConversationContext
 ) -> list[str]:
-    """The loop signals a round shows. A side copying its own earlier messages counts only when
-    both sides do it, or the copy is exact: quizzes, questionnaires and editing sessions reuse
-    one side's phrasing round after round without going anywhere wrong."""
+    """The loop signals a round shows. Near-copies of earlier messages count only when both
+    sides make them in a round that brings little new, or the copy is exact: quizzes,
+    questionnaires and editing sessions reuse phrasing round after round and still move on."""
     user, assistant = current["user"], current["assistant"]
     users = [r["user"] for r in earlier]
     replies = [r["assistant"] for r in earlier]
-    user_copies = any(near_copy(user, old, limits) for old in users)
-    assistant_copies = any(near_copy(assistant, old, limits) for old in replies)
+    stale = _novelty(current, earlier) < limits.min_novelty
+    mutual = (
+        stale
+        and any(near_copy(user, old, limits) for old in users)
+        and any(near_copy(assistant, old, limits) for old in replies)
+    )
     found = []
-    if _exact_copy(assistant, replies) or (assistant_copies and user_copies):
+    if mutual or _exact_copy(assistant, replies):
         found.append("assistant_repeat")
-    if _exact_copy(user, users) or (assistant_copies and user_copies):
+    if mutual or _exact_copy(user, users):
         found.append("user_repeat")
     # Only the user parroting the reply: an assistant restating the question is normal.
     if replies and near_copy(user, replies[-1], limits):
         found.append("echo")
     if max(user["self_repeat"], assistant["self_repeat"]) >= limits.self_repeat_threshold:
         found.append("self_repeat")
-    praising = (user["praise"] or user["ack"]) and assistant["praise"]
-    if praising and _novelty(current, earlier) < limits.min_novelty:
+    if stale and (user["praise"] or user["ack"]) and assistant["praise"]:
         found.append("praise_spiral")
     return found
 

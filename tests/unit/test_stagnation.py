@@ -151,11 +151,25 @@ def test_nothing_to_judge_before_the_first_round() -> None:
 
 
 def test_one_repeat_is_pressing_a_point_two_in_a_row_are_a_loop() -> None:
-    users = [QUESTION, *HEALTHY_USER[:3], QUESTION_ONE_TYPO]
+    users = [QUESTION, *HEALTHY_USER[:3], QUESTION]
     assert reason(users, HEALTHY_ASSISTANT[:5]) is None
     users = [*users, QUESTION]
-    assert reason(users, [*HEALTHY_ASSISTANT[:5], HEALTHY_ASSISTANT[0]]) == "assistant_repeat"
     assert reason(users, HEALTHY_ASSISTANT[:6]) == "user_repeat"
+    assistants = [*HEALTHY_ASSISTANT[:4], HEALTHY_ASSISTANT[0], HEALTHY_ASSISTANT[0]]
+    assert reason(HEALTHY_USER, assistants) == "assistant_repeat"
+
+
+def test_one_side_reusing_its_phrasing_is_no_loop_both_sides_are() -> None:
+    template = "Give 3 simpler versions and the opposite meaning of this sentence: {}"
+    users = [template.format(a) for a in HEALTHY_ASSISTANT]
+    assert reason(users, HEALTHY_USER) is None
+    replies = [f"Here are simpler versions of the sentence you sent: {u}" for u in HEALTHY_USER]
+    assert reason(users, replies) is None
+    looped = [f"{LOOP_OPENING} {n}" for n in ("of Kyoto", "of Tokyo", "of Osaka", "of Nara")]
+    answers = [f"Sure, {LOOP_OPENING} {n}" for n in ("in Kyoto", "in Tokyo", "in Osaka", "too")]
+    assert reason([*HEALTHY_USER[:2], *looped], [*HEALTHY_ASSISTANT[:2], *answers]) == (
+        "assistant_repeat"
+    )
 
 
 def test_the_user_parroting_the_assistant_is_an_echo() -> None:
@@ -187,13 +201,17 @@ def test_drift_away_from_the_scenario() -> None:
         "Generosity and kindness make friendships stronger every single day.",
         "Being kind to friends brings warmth and gratitude into life.",
         "Kindness and gratitude are the heart of every lasting friendship.",
+        "Sharing meals with neighbours is how communities stay close.",
+        "Honesty between companions matters more than anything money buys.",
     ]
-    assert reason(HEALTHY_USER[:4], HEALTHY_ASSISTANT[:4]) is None
+    assert reason(HEALTHY_USER, HEALTHY_ASSISTANT) is None
     replies = [
         "Warm friendships grow when people share their time generously.",
         "Gratitude turns ordinary days into something meaningful for friends.",
         "Small gestures of care strengthen bonds between neighbours.",
         "Lasting bonds come from patience, honesty and shared laughter.",
+        "Communities thrive when everyone feels welcome at the table.",
+        "Trust grows slowly, through many small promises that are kept.",
     ]
     assert reason(off, replies) == "drift"
     assert drift_score(replay(off, replies), TOPIC) < CTX.drift_threshold
