@@ -49,14 +49,21 @@ class ConversationContext(ModelContext):
         "Share of a message's word triples found in an earlier message (same side, or the "
         "other side's last message) above which it counts as a copy or an echo.",
     )
+    repeat_window: int = setting(
+        6,
+        "Earlier rounds a message is compared with for copies (at most 16); a questionnaire "
+        "restarted by the user repeats rounds from long ago without looping.",
+    )
     opening_words: int = setting(
-        8, "Words of identical opening that make a message a copy of an earlier one."
+        10,
+        "Words at the start of a message compared with another's opening: loops keep their "
+        "first sentence and vary the tail (at most 16).",
     )
     self_repeat_threshold: float = setting(
         0.5, "Share of a message's sentences repeating an earlier one in it that flags it."
     )
     min_novelty: float = setting(
-        0.3, "Share of new content words under which a round of mutual praise is empty."
+        0.4, "Share of new content words under which a round of mutual praise is empty."
     )
     stall_rounds: int = setting(
         2, "Rounds in a row that must show copies, echoes or empty praise to make a stall."

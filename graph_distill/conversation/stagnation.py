@@ -29,12 +29,14 @@ _GOODBYE = re.compile(
     r"that'?s all (for now|for today|i needed|i wanted|thanks))\b"
 )
 _PRAISE = re.compile(
-    r"\b(you'?re (so |absolutely |completely |totally |very )?(right|welcome|kind|amazing|"
-    r"awesome|sweet|thoughtful|wonderful)|thank you|thanks|i (really |truly )?appreciate|"
-    r"great (question|point|idea|job)|what a (great|wonderful|lovely|beautiful)|"
-    r"i'?m (so |really |truly )?(glad|happy|grateful|thrilled|touched)|wonderful|fantastic|"
-    r"amazing|absolutely|couldn'?t agree more|well said|so (true|kind|sweet)|"
-    r"i love (that|this|it|your|how))\b"
+    r"\b(you'?re (so |absolutely |completely |totally |very |really )?(right|welcome|kind|"
+    r"amazing|awesome|sweet|thoughtful|wonderful|taking it)|you'?ve (really |truly )?(got|hit|"
+    r"nailed|made) (a |the )?(great|good|nail|mark|point)|hit the (nail|mark)|thank you|thanks|"
+    r"i (really |truly )?appreciate|(a |such a |that'?s a |what a )(great|wonderful|lovely|"
+    r"beautiful|fantastic|brilliant) (question|point|idea|job|example|approach|perspective|"
+    r"way|story|insight)|i'?m (so |really |truly )?(glad|happy|grateful|thrilled|touched)|"
+    r"wonderful|fantastic|amazing|couldn'?t agree more|well said|so (true|kind|sweet)|"
+    r"i love (that|this|it|your|how)|exactly (what|how|the kind))\b"
 )
 _STOPWORDS = frozenset(
     "about above after again also always another any anything are aren't around because "
@@ -62,7 +64,7 @@ MAX_ACK_WORDS = 8
 MAX_GOODBYE_WORDS = 30
 MEMORY_ROUNDS = 16
 SHINGLE_WORDS = 3
-OPENING_WORDS = 12
+OPENING_WORDS = 16
 STEM_LETTERS = 5
 # Messages shorter than this many word triples (a number, "yes", "go on") are never copies.
 MIN_COPY_SHINGLES = 4
@@ -183,13 +185,13 @@ def fingerprint(text: str) -> MessagePrint:
     )
 
 
-def _shared_opening(a: MessagePrint, b: MessagePrint) -> int:
-    shared = 0
-    for x, y in zip(a["opening"], b["opening"], strict=False):
-        if x != y:
-            break
-        shared += 1
-    return shared
+def opening_overlap(new: MessagePrint, old: MessagePrint, words: int) -> float:
+    """Share of the word triples in ``new``'s first ``words`` words found in ``old``'s opening
+    (a little longer, so one inserted word does not hide a copied first sentence)."""
+    grams = _shingles(new["opening"][:words])
+    if len(new["opening"]) < words or not grams:
+        return 0.0
+    return len(grams & _shingles(old["opening"])) / len(grams)
 
 
 def containment(new: MessagePrint, old: MessagePrint) -> float:
@@ -205,7 +207,7 @@ def near_copy(new: MessagePrint, old: MessagePrint, limits: ConversationContext)
         return False
     return (
         containment(new, old) >= limits.copy_threshold
-        or _shared_opening(new, old) >= limits.opening_words
+        or opening_overlap(new, old, limits.opening_words) >= limits.copy_threshold
     )
 
 
@@ -230,8 +232,9 @@ def _signals(
     sides make them in a round that brings little new, or the copy is exact: quizzes,
     questionnaires and editing sessions reuse phrasing round after round and still move on."""
     user, assistant = current["user"], current["assistant"]
-    users = [r["user"] for r in earlier]
-    replies = [r["assistant"] for r in earlier]
+    recent = earlier[-limits.repeat_window :] if limits.repeat_window > 0 else []
+    users = [r["user"] for r in recent]
+    replies = [r["assistant"] for r in recent]
     stale = _novelty(current, earlier) < limits.min_novelty
     mutual = (
         stale
@@ -243,8 +246,13 @@ def _signals(
         found.append("assistant_repeat")
     if mutual or _exact_copy(user, users):
         found.append("user_repeat")
-    # Only the user parroting the reply: an assistant restating the question is normal.
-    if replies and near_copy(user, replies[-1], limits):
+    # The user parroting the last reply, or a reply made of the user's words that also opens
+    # like the user's message (restating the question, or quoting a quiz option, is normal).
+    user_echoes = bool(replies) and near_copy(user, replies[-1], limits)
+    parrots = min(
+        containment(assistant, user), opening_overlap(assistant, user, limits.opening_words)
+    )
+    if user_echoes or parrots >= limits.copy_threshold:
         found.append("echo")
     if max(user["self_repeat"], assistant["self_repeat"]) >= limits.self_repeat_threshold:
         found.append("self_repeat")
