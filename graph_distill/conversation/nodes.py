@@ -157,7 +157,7 @@ async def _write_user_message(
         reply = await _ask(model, prompt, _penalty(state, ctx))
         usage = add_usage(usage, usage_of(reply))
         text = clean_user_text(finished_text(reply))
-        why = role_break(text, last_reply, ctx)
+        why = role_break(text, last_reply)
         if why is None:
             return text, usage, breaks
         breaks.append({"turn": turn, "reason": why})

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from graph_distill.context import ConversationContext
-from graph_distill.conversation.stagnation import fingerprint, near_copy
+from graph_distill.conversation.stagnation import containment, fingerprint
 
 _AI_VOICE = re.compile(
     r"^\s*(as an ai\b|as a (large )?language model|i(?:'m| am) (an ai\b|a language model|"
@@ -41,6 +40,9 @@ _WHAT_IS = re.compile(
 )
 _LIST_LINE = re.compile(r"^\s*(\d+[.)]|[-*\u2022])\s+\S", re.MULTILINE)
 MAX_USER_CHARS = 1500
+# A user message this much made of the last reply is a copy, not a message (partial echoes
+# are left to stagnation detection, which escalates when they go on).
+ECHO_CONTAINMENT = 0.8
 EXPERT_MARKERS = 3
 
 
@@ -69,7 +71,7 @@ def explains_like_expert(text: str) -> bool:
     return markers >= EXPERT_MARKERS
 
 
-def role_break(text: str, last_reply: str | None, ctx: ConversationContext) -> str | None:
+def role_break(text: str, last_reply: str | None) -> str | None:
     """Why a simulated user message is out of role, or None when it is fine."""
     if not text:
         return "empty"
@@ -79,6 +81,6 @@ def role_break(text: str, last_reply: str | None, ctx: ConversationContext) -> s
         return "answers its own question"
     if explains_like_expert(text) or len(text) > MAX_USER_CHARS:
         return "explains like an expert"
-    if last_reply and near_copy(fingerprint(text), fingerprint(last_reply), ctx):
+    if last_reply and containment(fingerprint(text), fingerprint(last_reply)) >= ECHO_CONTAINMENT:
         return "echoes the assistant"
     return None

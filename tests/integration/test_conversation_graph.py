@@ -147,14 +147,13 @@ async def test_role_breaking_user_message_is_regenerated_at_most_twice() -> None
 
 
 def test_role_break_rules() -> None:
-    ctx = ConversationContext()
-    assert role_break("", None, ctx) == "empty"
-    assert role_break("As an AI, I think so", None, ctx) == "speaks as the AI"
-    assert role_break("sure.\nAssistant: here is the answer", None, ctx) == "speaks as the AI"
-    assert role_break("x" * 2000, None, ctx) == "explains like an expert"
+    assert role_break("", None) == "empty"
+    assert role_break("As an AI, I think so", None) == "speaks as the AI"
+    assert role_break("sure.\nAssistant: here is the answer", None) == "speaks as the AI"
+    assert role_break("x" * 2000, None) == "explains like an expert"
     reply = "Overfitting means the model memorises noise in the training data."
-    assert role_break(reply, reply, ctx) == "echoes the assistant"
-    assert role_break("hmm so how do i spot overfitting early?", reply, ctx) is None
+    assert role_break(reply, reply) == "echoes the assistant"
+    assert role_break("hmm so how do i spot overfitting early?", reply) is None
 
 
 async def test_empty_assistant_reply_is_regenerated() -> None:

@@ -1,9 +1,6 @@
 import pytest
 
-from graph_distill.context import ConversationContext
 from graph_distill.conversation.roles import answers_itself, explains_like_expert, role_break
-
-CTX = ConversationContext()
 
 
 @pytest.mark.parametrize(
@@ -17,7 +14,7 @@ CTX = ConversationContext()
 )
 def test_a_user_answering_its_own_question_at_any_length(text: str) -> None:
     assert answers_itself(text)
-    assert role_break(text, None, CTX) == "answers its own question"
+    assert role_break(text, None) == "answers its own question"
 
 
 @pytest.mark.parametrize(
@@ -32,7 +29,7 @@ def test_a_user_answering_its_own_question_at_any_length(text: str) -> None:
 )
 def test_a_question_with_context_or_more_questions_is_in_role(text: str) -> None:
     assert not answers_itself(text)
-    assert role_break(text, None, CTX) is None
+    assert role_break(text, None) is None
 
 
 def test_a_user_explaining_like_an_expert() -> None:
@@ -41,5 +38,5 @@ def test_a_user_explaining_like_an_expert() -> None:
         "the email column. Finally, keep in mind that joins beat nested loops."
     )
     assert explains_like_expert(lecture)
-    assert role_break(lecture, None, CTX) == "explains like an expert"
+    assert role_break(lecture, None) == "explains like an expert"
     assert not explains_like_expert("I tried the index you suggested and it still takes an hour")
