@@ -258,12 +258,12 @@ async def switch_topic(
     why = REASONS.get(reason, reason)
     if level >= FIRM_SWITCH:
         why += " (the last switch did not take)"
-    switch = {"turn": turn, "reason": why, "to_topic": topic}
+    switch = {"turn": turn, "reason": why, "to_topic": topic, "escalation": level}
     runtime.stream_writer(Progress(kind="topic_switch", **switch))
     return {
         **update,
         "pending_topic": topic,
-        "topic_switches": [{**switch, "escalation": level}],
+        "topic_switches": [switch],
         "topic_words": sorted({*state.get("topic_words", []), *stems(topic)}),
         "escalation": level,
         "escalated_at": state["rounds"],

@@ -51,7 +51,8 @@ class Progress(TypedDict, total=False):
 
     ``kind`` is ``started`` (with ``target_rounds``), ``user_message`` (``turn``, ``text``: the
     message as sent, noise included), ``round_done`` (``rounds``, ``target_rounds``),
-    ``topic_switch`` (``turn``, ``reason``, ``to_topic``) or ``stalled`` (``rounds``,
+    ``topic_switch`` (``turn``, ``reason``, ``to_topic``, ``escalation``: 1 for a switch, 2
+    for one with repetition penalties and a firmer steer) or ``stalled`` (``rounds``,
     ``reason``: the conversation ends early because switching topics did not break the stall)."""
 
     kind: str
@@ -61,3 +62,4 @@ class Progress(TypedDict, total=False):
     text: str
     reason: str
     to_topic: str
+    escalation: int
