@@ -85,7 +85,10 @@ async def quality() -> None:
         base_switches += len(baseline_flags(t.users, t.assistants))
     print(f"recall (caught within {CATCH_WITHIN_ROUNDS} rounds of the loop's start):")
     print(f"  detector {caught}/{len(degenerate)}, previous rule {base_caught}/{len(degenerate)}")
-    print(f"false switches per 100 healthy rounds ({len(healthy)} transcripts, {healthy_rounds}):")
+    print(
+        f"false switches per 100 healthy rounds ({len(healthy)} transcripts, {healthy_rounds} "
+        "rounds; for the previous rule, rounds it would switch after):"
+    )
     per_100 = 100 / healthy_rounds
     print(
         f"  detector {switches * per_100:.1f} ({switches}), "
