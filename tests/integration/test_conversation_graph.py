@@ -10,7 +10,11 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graph_distill.context import ConversationContext
-from graph_distill.conversation.graph import conversation_builder, conversation_graph
+from graph_distill.conversation.graph import (
+    conversation_builder,
+    conversation_graph,
+    recursion_limit,
+)
 from graph_distill.conversation.nodes import end_guard
 from graph_distill.conversation.roles import role_break
 from graph_distill.conversation.scenarios import builtin_scenarios
@@ -400,3 +404,17 @@ async def test_role_breaks_are_recorded() -> None:
     )
     record, _, _ = await converse(script, rounds=3)
     assert record["metadata"]["role_breaks"] == [{"turn": 2, "reason": "answers its own question"}]
+
+
+async def test_recursion_limit_fits_a_switch_after_every_round() -> None:
+    rounds = 12
+    bye = RoleResponder(user=lambda n: f"ok bye {n}, see you later")
+    with FakeOpenAIServer(bye) as server:
+        ctx = context(server, min_rounds=rounds, max_rounds=rounds, stall_retry_rounds=0)
+        inputs = {"scenario": SCENARIO.to_record(), "seed": 1, "target_rounds": rounds}
+        config = {"recursion_limit": recursion_limit(rounds)}
+        output = await conversation_graph.ainvoke(inputs, config, context=ctx)
+    record = output["conversation_record"]
+    assert record["total_rounds"] == rounds
+    # the first message is the scenario's; every later round ends in a switch
+    assert len(record["metadata"]["topic_switches"]) == rounds - 2
