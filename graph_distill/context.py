@@ -214,11 +214,66 @@ class ConversationContext(ModelContext):
         "Messages dropped at once when history must be cut (keeps prompt prefixes cached).",
         minimum=1,
     )
-    similarity_threshold: float = setting(
-        0.7,
-        "Lexical similarity above which a message counts as a repeat (stall).",
+    copy_threshold: float = setting(
+        0.6,
+        "Share of a message's word triples found in an earlier message (same side, or the "
+        "other side's last message) above which it counts as a copy or an echo.",
         minimum=0.0,
         maximum=1.0,
+    )
+    repeat_window: int = setting(
+        6,
+        "Earlier rounds a message is compared with for copies (at most 16); a questionnaire "
+        "restarted by the user repeats rounds from long ago without looping.",
+        minimum=1,
+        maximum=16,
+    )
+    opening_words: int = setting(
+        10,
+        "Words at the start of a message compared with another's opening: loops keep their "
+        "first sentence and vary the tail (at most 16).",
+        minimum=1,
+        maximum=16,
+    )
+    self_repeat_threshold: float = setting(
+        0.5,
+        "Share of a message's sentences repeating an earlier one in it that flags it.",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    min_novelty: float = setting(
+        0.4,
+        "Share of new content words under which a round of mutual praise is empty.",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    stall_rounds: int = setting(
+        2,
+        "Rounds in a row that must show copies, echoes or empty praise to make a stall.",
+        minimum=1,
+    )
+    drift_window: int = setting(
+        6, "Rounds whose words are compared with the scenario's.", minimum=1
+    )
+    drift_threshold: float = setting(
+        0.03,
+        "Similarity to the scenario's words under which the recent rounds have drifted "
+        "(0: drift is not looked at).",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    stall_retry_rounds: int = setting(
+        4,
+        "A stall found within this many rounds of a topic switch means the switch did not take: "
+        "the next switch adds repetition penalties and a firmer steer, the one after ends the "
+        "conversation as 'stalled'.",
+        minimum=0,
+    )
+    repetition_penalty: float = setting(
+        0.8,
+        "frequency_penalty and presence_penalty sent after a switch that did not take.",
+        minimum=-2.0,
+        maximum=2.0,
     )
     max_role_retries: int = setting(
         2, "Regenerations of a user message that breaks role.", minimum=0

@@ -243,6 +243,7 @@ def _run_plan(run_settings: GenerationSettings, ctx: PipelineContext) -> RunPlan
         distill=not run_settings.no_distill,
         run_id=run_id,
         budget_tokens=run_settings.budget_tokens,
+        replace_stalled=run_settings.replace_stalled,
         resume_settings=resume_settings(ctx, run_settings, **derived),
         report_settings={
             **recorded(run_settings),

@@ -1,4 +1,5 @@
-"""The conversation graph: user simulator -> noise -> assistant -> stall check / end guard."""
+"""The conversation graph: user simulator -> noise -> assistant, then the stagnation detector
+routes to the next user message, a topic switch, or the end guard."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from langgraph.graph import END, START, StateGraph
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.nodes import (
     add_noise,
-    check_progress,
-    finish,
+    detect_stagnation,
+    end_guard,
     respond,
     simulate_user,
     start,
@@ -21,13 +22,15 @@ from graph_distill.conversation.state import (
 )
 from graph_distill.llm.models import LLM_RETRY
 
-# Steps one round takes at most (user, noise, assistant, check, switch): for recursion_limit.
-STEPS_PER_ROUND = 5
+# Steps one round takes at most (user, noise, assistant, switch; routing is an edge, not a step).
+STEPS_PER_ROUND = 4
+# start and end_guard, with room to spare.
+EXTRA_STEPS = 10
 
 
 def recursion_limit(max_rounds: int) -> int:
     """A recursion limit that never cuts a conversation short (rounds are counted in state)."""
-    return max_rounds * STEPS_PER_ROUND + 10
+    return max_rounds * STEPS_PER_ROUND + EXTRA_STEPS
 
 
 conversation_builder = StateGraph(
@@ -40,15 +43,16 @@ conversation_builder.add_node("start", start)
 conversation_builder.add_node("simulate_user", simulate_user, retry_policy=LLM_RETRY)
 conversation_builder.add_node("add_noise", add_noise)
 conversation_builder.add_node("respond", respond, retry_policy=LLM_RETRY)
-conversation_builder.add_node("check_progress", check_progress)
 conversation_builder.add_node("switch_topic", switch_topic, retry_policy=LLM_RETRY)
-conversation_builder.add_node("finish", finish)
+conversation_builder.add_node("end_guard", end_guard)
 conversation_builder.add_edge(START, "start")
 conversation_builder.add_edge("start", "simulate_user")
 conversation_builder.add_edge("simulate_user", "add_noise")
 conversation_builder.add_edge("add_noise", "respond")
-conversation_builder.add_edge("respond", "check_progress")
+conversation_builder.add_conditional_edges(
+    "respond", detect_stagnation, ["simulate_user", "switch_topic", "end_guard"]
+)
 conversation_builder.add_edge("switch_topic", "simulate_user")
-conversation_builder.add_edge("finish", END)
+conversation_builder.add_edge("end_guard", END)
 
 conversation_graph = conversation_builder.compile(name="conversation")

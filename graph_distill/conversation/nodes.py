@@ -1,12 +1,16 @@
-"""Nodes of the conversation graph: simulated user, noise, assistant, stall check, end guard."""
+"""Nodes of the conversation graph: simulated user, noise, assistant, topic switch, end guard;
+and the stagnation detector, the conditional edge after each assistant reply."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
+import openai
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -14,21 +18,26 @@ from langchain_core.messages import (
     RemoveMessage,
     SystemMessage,
 )
+from langchain_openai import ChatOpenAI
 from langgraph.runtime import Runtime
-from langgraph.types import Command
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.history import flipped, window
 from graph_distill.conversation.noise import noise_user_message
 from graph_distill.conversation.roles import clean_user_text, role_break
 from graph_distill.conversation.scenarios import Scenario, builtin_scenarios, pick_scenario
-from graph_distill.conversation.stagnation import REASONS, detect_stall
+from graph_distill.conversation.stagnation import REASONS, observe, stall_reason, stems
 from graph_distill.conversation.state import ConversationState, Progress
 from graph_distill.llm.models import chat_model, model_name
 from graph_distill.llm.prompting import load_prompt, render_prompt
 from graph_distill.llm.replies import finished_text
 from graph_distill.llm.tokens import encoding
 from graph_distill.llm.usage import Usage, add_usage, empty_usage, usage_of
+
+Route = Literal["simulate_user", "switch_topic", "end_guard"]
+# Escalation steps of one stall: a topic switch, then a switch with repetition penalties and a
+# firmer steer; a stall after that ends the conversation.
+FIRM_SWITCH = 2
 
 
 class EmptyReplyError(RuntimeError):
@@ -43,8 +52,28 @@ def _scenario(state: ConversationState) -> Scenario:
     return Scenario.from_record(state["scenario"])
 
 
-def _texts(state: ConversationState, kind: type[BaseMessage]) -> list[str]:
-    return [m.text for m in state.get("conversation_messages", []) if isinstance(m, kind)]
+def _topic_words(*texts: str) -> list[str]:
+    return sorted(set().union(*(stems(text) for text in texts)))
+
+
+def _level(state: ConversationState, ctx: ConversationContext) -> int:
+    """How far the current stall has escalated: 0 when there is none or the last switch took."""
+    if state.get("rounds", 0) - state.get("escalated_at", 0) > ctx.stall_retry_rounds:
+        return 0
+    return state.get("escalation", 0)
+
+
+def _penalty(state: ConversationState, ctx: ConversationContext) -> float:
+    return ctx.repetition_penalty if _level(state, ctx) >= FIRM_SWITCH else 0.0
+
+
+async def _ask(model: ChatOpenAI, prompt: LanguageModelInput, penalty: float) -> BaseMessage:
+    """One model call, with repetition penalties when asked for and the server takes them."""
+    if penalty:
+        with contextlib.suppress(openai.BadRequestError):
+            bound = model.bind(frequency_penalty=penalty, presence_penalty=penalty)
+            return await bound.ainvoke(prompt)
+    return await model.ainvoke(prompt)
 
 
 def start(state: ConversationState, runtime: Runtime[ConversationContext]) -> dict[str, Any]:
@@ -66,6 +95,11 @@ def start(state: ConversationState, runtime: Runtime[ConversationContext]) -> di
     return {
         "seed": seed,
         "scenario": scenario.to_record(),
+        "topic_words": _topic_words(
+            scenario.name, scenario.description, scenario.user_prompt, *scenario.user_followups
+        ),
+        "escalation": 0,
+        "escalated_at": 0,
         "scenario_key": state.get("scenario_key") or scenario.key,
         "conversation_id": state.get("conversation_id") or uuid.uuid4().hex,
         "target_rounds": target_rounds,
@@ -87,20 +121,23 @@ async def simulate_user(
     """The next user message, written by a model that sees the chat from the user's side."""
     messages = state.get("conversation_messages", [])
     turn = len(messages)
+    breaks: list[dict[str, Any]] = []
     if not messages:
         text, usage = _scenario(state).user_prompt, empty_usage()
     else:
-        text, usage = await _write_user_message(state, _context(runtime))
+        text, usage, breaks = await _write_user_message(state, _context(runtime))
     return {
         "conversation_messages": [HumanMessage(text, id=f"m{turn}")],
         "pending_topic": None,
         "conversation_usage": usage,
+        "role_breaks": breaks,
     }
 
 
 async def _write_user_message(
     state: ConversationState, ctx: ConversationContext
-) -> tuple[str, Usage]:
+) -> tuple[str, Usage, list[dict[str, Any]]]:
+    """The message, its usage, and the role breaks that made it be written again."""
     scenario = _scenario(state)
     system = render_prompt(
         "user_simulator", description=scenario.description, user_prompt=scenario.user_prompt
@@ -109,22 +146,27 @@ async def _write_user_message(
         window(state["conversation_messages"], ctx.history_budget_tokens, ctx.history_cut_step)
     )
     if state.get("pending_topic"):
-        steer = render_prompt("user_steer", topic=state["pending_topic"])
+        firm = _level(state, ctx) >= FIRM_SWITCH
+        steer_prompt = "user_steer_firm" if firm else "user_steer"
+        steer = render_prompt(steer_prompt, topic=state["pending_topic"])
         view[-1] = HumanMessage(view[-1].text + steer)
     prompt = [SystemMessage(system), HumanMessage(load_prompt("user_kickoff")), *view]
     model = chat_model(
         ctx, "user", temperature=ctx.user_temperature, max_tokens=ctx.max_output_tokens
     )
     last_reply = state["conversation_messages"][-1].text
-    usage = empty_usage()
+    turn = len(state["conversation_messages"])
+    usage, breaks = empty_usage(), []
     for _ in range(ctx.max_role_retries + 1):
-        reply = await model.ainvoke(prompt)
+        reply = await _ask(model, prompt, _penalty(state, ctx))
         usage = add_usage(usage, usage_of(reply))
         text = clean_user_text(finished_text(reply))
-        if role_break(text, last_reply) is None:
-            return text, usage
+        why = role_break(text, last_reply)
+        if why is None:
+            return text, usage, breaks
+        breaks.append({"turn": turn, "reason": why})
     fallback = state.get("pending_topic") or _next_followup(state) or "Can you go into more detail?"
-    return fallback, usage
+    return fallback, usage, breaks
 
 
 def add_noise(state: ConversationState, runtime: Runtime[ConversationContext]) -> dict[str, Any]:
@@ -153,6 +195,9 @@ async def respond(
     ctx = _context(runtime)
     messages = state["conversation_messages"]
     system = _scenario(state).ai_role + load_prompt("assistant_guidance")
+    penalty = _penalty(state, ctx)
+    if penalty:
+        system += load_prompt("assistant_unstick")
     prompt = [
         SystemMessage(system),
         *window(messages, ctx.history_budget_tokens, ctx.history_cut_step),
@@ -162,7 +207,7 @@ async def respond(
     )
     usage = empty_usage()
     for _ in range(ctx.max_role_retries + 1):
-        reply = await model.ainvoke(prompt)
+        reply = await _ask(model, prompt, penalty)
         usage = add_usage(usage, usage_of(reply))
         text = finished_text(reply).strip()
         if text:
@@ -170,47 +215,63 @@ async def respond(
             runtime.stream_writer(
                 Progress(kind="round_done", rounds=rounds, target_rounds=state["target_rounds"])
             )
+            seen = observe(rounds, messages[-1].text, text, state.get("round_prints", []), ctx)
             return {
                 "conversation_messages": [AIMessage(text, id=f"m{len(messages)}")],
                 "rounds": rounds,
+                "round_prints": [seen],
                 "conversation_usage": usage,
             }
     raise EmptyReplyError("the assistant model kept answering with an empty message")
 
 
-def check_progress(
-    state: ConversationState, runtime: Runtime[ConversationContext]
-) -> Command[Literal["simulate_user", "switch_topic", "finish"]]:
-    """End guard and stagnation detector between rounds."""
-    if state["rounds"] >= state["target_rounds"]:
-        return Command(goto="finish", update={"termination_reason": "target_rounds"})
-    stall = detect_stall(
-        _texts(state, HumanMessage),
-        _texts(state, AIMessage),
-        _context(runtime).similarity_threshold,
+def _verdict(state: ConversationState, ctx: ConversationContext) -> tuple[Route, str | None]:
+    """Where the conversation goes after a round, and the stall reason key if there is one."""
+    rounds = state["rounds"]
+    if rounds >= state["target_rounds"]:
+        return "end_guard", None
+    since_switch = rounds - state.get("escalated_at", 0)
+    reason = stall_reason(
+        state.get("round_prints", []), state.get("topic_words", []), since_switch, ctx
     )
-    if stall is None:
-        return Command(goto="simulate_user")
-    return Command(goto="switch_topic", update={"stall_reason": stall})
+    if reason is None:
+        return "simulate_user", None
+    return ("end_guard" if _level(state, ctx) >= FIRM_SWITCH else "switch_topic"), reason
+
+
+def detect_stagnation(state: ConversationState, runtime: Runtime[ConversationContext]) -> Route:
+    """The edge after each reply: on to the next user message, a topic switch when the talk
+    stalls, or the end guard (target reached, or a stall that switching did not break)."""
+    return _verdict(state, _context(runtime))[0]
 
 
 async def switch_topic(
     state: ConversationState, runtime: Runtime[ConversationContext]
 ) -> dict[str, Any]:
     """Steer the next user message to the next unused followup, or to a fresh subtopic."""
-    reason = state.get("stall_reason") or "stall"
+    ctx = _context(runtime)
+    reason = _verdict(state, ctx)[1] or "stall"
+    level = _level(state, ctx) + 1
     followup = _next_followup(state)
     update: dict[str, Any] = {}
     if followup is not None:
         topic, update["followups_used"] = followup, state.get("followups_used", 0) + 1
     else:
-        topic, update["conversation_usage"] = await _fresh_subtopic(state, _context(runtime))
+        topic, update["conversation_usage"] = await _fresh_subtopic(state, ctx)
     turn = len(state["conversation_messages"])
-    update["pending_topic"] = topic
-    switch = {"turn": turn, "reason": REASONS.get(reason, reason), "to_topic": topic}
+    why = REASONS.get(reason, reason)
+    if level >= FIRM_SWITCH:
+        why += " (the last switch did not take)"
+    switch = {"turn": turn, "reason": why, "to_topic": topic, "escalation": level}
     runtime.stream_writer(Progress(kind="topic_switch", **switch))
-    update["topic_switches"] = [switch]
-    return update
+    return {
+        **update,
+        "pending_topic": topic,
+        "topic_switches": [switch],
+        "topic_words": sorted({*state.get("topic_words", []), *stems(topic)}),
+        "escalation": level,
+        "escalated_at": state["rounds"],
+    }
 
 
 async def _fresh_subtopic(state: ConversationState, ctx: ConversationContext) -> tuple[str, Usage]:
@@ -227,9 +288,15 @@ async def _fresh_subtopic(state: ConversationState, ctx: ConversationContext) ->
     return (lines[0] if lines else "something related we haven't covered yet"), usage_of(reply)
 
 
-def finish(state: ConversationState, runtime: Runtime[ConversationContext]) -> dict[str, Any]:
-    """End on the assistant: drop a trailing user message and empty ones; build the record."""
+def end_guard(state: ConversationState, runtime: Runtime[ConversationContext]) -> dict[str, Any]:
+    """End on the assistant: drop a trailing user message and empty ones; build the record.
+
+    Reached at the target round count, or earlier when escalation did not break a stall."""
     ctx = _context(runtime)
+    stall = _stall_ending(state, ctx)
+    if stall:
+        stalled = Progress(kind="stalled", rounds=state["rounds"], reason=stall["reason"])
+        runtime.stream_writer(stalled)
     messages = [m for m in state["conversation_messages"] if m.text.strip()]
     while messages and not isinstance(messages[-1], AIMessage):
         messages.pop()
@@ -241,7 +308,7 @@ def finish(state: ConversationState, runtime: Runtime[ConversationContext]) -> d
         {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": m.text}
         for m in messages
     ]
-    reason = state.get("termination_reason") or "ended"
+    reason = "stalled" if stall else "target_rounds"
     record = {
         "id": state["conversation_id"],
         "scenario": state["scenario"],
@@ -256,8 +323,10 @@ def finish(state: ConversationState, runtime: Runtime[ConversationContext]) -> d
             "target_rounds": state["target_rounds"],
             "termination_reason": reason,
             "topic_switches": state.get("topic_switches", []),
+            "role_breaks": state.get("role_breaks", []),
             "noise": state.get("noise", []),
             "usage": add_usage(state.get("conversation_usage"), None),
+            **({"stall": stall} if stall else {}),
         },
     }
     return {
@@ -266,3 +335,11 @@ def finish(state: ConversationState, runtime: Runtime[ConversationContext]) -> d
         "conversation": conversation,
         "conversation_record": record,
     }
+
+
+def _stall_ending(state: ConversationState, ctx: ConversationContext) -> dict[str, Any] | None:
+    """``{turn, reason}`` when the conversation ends early on a stall, else None."""
+    if state.get("rounds", 0) >= state["target_rounds"]:
+        return None
+    reason = _verdict(state, ctx)[1] or "stall"
+    return {"turn": len(state["conversation_messages"]), "reason": REASONS.get(reason, reason)}

@@ -9,6 +9,7 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+from graph_distill.conversation.stagnation import RoundPrint, keep_recent
 from graph_distill.llm.usage import Usage, add_usage
 
 
@@ -32,8 +33,14 @@ class ConversationState(ConversationInput, ConversationOutput, total=False):
     rounds: int
     followups_used: int
     pending_topic: str | None
-    stall_reason: str | None
+    # What stagnation detection remembers: a fingerprint per recent round (see stagnation.py),
+    # the scenario's words, and how far the escalation of the current stall has gone.
+    round_prints: Annotated[list[RoundPrint], keep_recent]
+    topic_words: list[str]
+    escalation: int
+    escalated_at: int
     topic_switches: Annotated[list[dict[str, Any]], operator.add]
+    role_breaks: Annotated[list[dict[str, Any]], operator.add]
     noise: Annotated[list[dict[str, Any]], operator.add]
     conversation_usage: Annotated[Usage, add_usage]
     termination_reason: str
@@ -43,8 +50,10 @@ class Progress(TypedDict, total=False):
     """A custom stream event (``stream_mode="custom"``): how far a conversation got.
 
     ``kind`` is ``started`` (with ``target_rounds``), ``user_message`` (``turn``, ``text``: the
-    message as sent, noise included), ``round_done`` (``rounds``, ``target_rounds``) or
-    ``topic_switch`` (``turn``, ``reason``, ``to_topic``)."""
+    message as sent, noise included), ``round_done`` (``rounds``, ``target_rounds``),
+    ``topic_switch`` (``turn``, ``reason``, ``to_topic``, ``escalation``: 1 for a switch, 2
+    for one with repetition penalties and a firmer steer) or ``stalled`` (``rounds``,
+    ``reason``: the conversation ends early because switching topics did not break the stall)."""
 
     kind: str
     target_rounds: int
@@ -53,3 +62,4 @@ class Progress(TypedDict, total=False):
     text: str
     reason: str
     to_topic: str
+    escalation: int

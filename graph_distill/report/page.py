@@ -186,8 +186,8 @@ def quality_section(f: dict[str, Any], plots: Mapping[str, str], numbers: Mappin
             f'<div class="cards">{cards}</div>',
             '<p class="explain">A round is degenerate when its user message or its reply mostly '
             "repeats an earlier message of the same speaker (word-pair similarity at least "
-            f"{degeneration['similarity']:g}, as the stall detector measures it): the loops of "
-            "mutual praise small models fall into.</p>",
+            f"{degeneration['similarity']:g}, the stall detector's word-pair measure): the "
+            "loops of mutual praise small models fall into.</p>",
             _plots(plots, "degeneration"),
             '<div class="grid"><div><h3>Most degenerate conversations</h3>',
             table(["conversation", "share"], worst) if worst else "<p>None.</p>",

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from graph_distill.context import ConversationContext
 from graph_distill.conversation.stagnation import similarity
 from graph_distill.report.stats import distribution, histogram, share
 
-# A message repeats an earlier one at the similarity the stall detector uses.
-REPEAT_SIMILARITY = ConversationContext().similarity_threshold
+# A message "mostly repeats" an earlier one of its speaker at this word-pair similarity (the
+# stall detector's ``similarity``; the detector itself also weighs openings and novelty).
+REPEAT_SIMILARITY = 0.7
 # Candidates for that check are found on word pairs with a lower bar, so that a pair the
 # detector's own tokenisation would call a repeat is not missed.
 CANDIDATE_SIMILARITY = REPEAT_SIMILARITY - 0.2

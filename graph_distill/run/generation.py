@@ -50,7 +50,7 @@ from graph_distill.run.store import (
 from graph_distill.run.summary import (
     RESUME_HINT,
     RunSummary,
-    gather_or_abort,
+    cancel_all,
     record_failure,
     reported,
     stop_on_write_error,
@@ -73,6 +73,8 @@ class RunPlan:
     run_id: str | None = None
     # Tokens (input + output, this invocation) after which no new conversation starts.
     budget_tokens: int | None = None
+    # A conversation that ended stalled gets a replacement (at most ``count`` of them).
+    replace_stalled: bool = False
     prices: Prices = MIMO_V2_FLASH_PRICES
     # What a resumed run must share with this one (stored in the manifest), by flag.
     resume_settings: dict[str, Any] = field(default_factory=dict)
@@ -161,11 +163,28 @@ class _DurableRun:
         )
         self.distill_graph = distill_builder.compile(checkpointer=saver, name="distill")
         self.gate = _Gate(plan.concurrency)
+        self.tasks: list[asyncio.Future[None]] = []
 
     async def execute(self) -> None:
-        items = await self.manifest.items(self.run_id)
-        await gather_or_abort([self._item(item) for item in items])
+        self.tasks = [
+            asyncio.ensure_future(self._item(i)) for i in await self.manifest.items(self.run_id)
+        ]
+        try:
+            # Replacements of stalled conversations join the list as it is worked through.
+            while pending := [task for task in self.tasks if not task.done()]:
+                await asyncio.gather(*pending)
+        finally:
+            await cancel_all(self.tasks)
         await self._close_if_complete()
+
+    async def _replace_if_stalled(self, record: dict[str, Any]) -> None:
+        if record["metadata"].get("termination_reason") != "stalled":
+            return
+        self.summary.stalled += 1
+        if self.plan.replace_stalled and self.summary.replaced < self.plan.count:
+            self.summary.replaced += 1
+            item = await self.manifest.add_item(self.run_id)
+            self.tasks.append(asyncio.ensure_future(self._item(item)))
 
     async def _item(self, item: RunItem) -> None:
         if item.status is ItemStatus.WRITING and holds(item.conversation_path, item):
@@ -285,6 +304,7 @@ class _DurableRun:
         self.summary.written.append(path)
         self.summary.rounds += record["total_rounds"]
         self.reporter.saved(label, str(path), record["total_rounds"])
+        await self._replace_if_stalled(record)
         return SourceConversation(
             source=str(path), stem=path.stem, messages=record["conversation"], record=record
         )

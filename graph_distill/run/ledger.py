@@ -276,6 +276,15 @@ class RunOutcome(Protocol):
     @property
     def unfinished(self) -> int: ...
 
+    @property
+    def raw_chunks(self) -> int: ...
+
+    @property
+    def stalled(self) -> int: ...
+
+    @property
+    def replaced(self) -> int: ...
+
 
 def report_settings(context: ModelContext) -> dict[str, Any]:
     """The run's settings for the report: every context field but the key, with the server,
@@ -324,6 +333,9 @@ def run_report(
             "kept_from_before": len(outcome.kept),
             "not_started_over_budget": outcome.not_started,
             "unfinished": outcome.unfinished,
+            "raw_chunks": outcome.raw_chunks,
+            "stalled": outcome.stalled,
+            "replaced_stalled": outcome.replaced,
         },
         "failures": [{"item": item, "reason": reason} for item, reason in outcome.failures],
         "budget": ledger.budget.figures(),

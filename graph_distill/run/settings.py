@@ -67,6 +67,8 @@ class RunSettings:
 
     def check(self) -> None:
         check_bounds(self)
+        if self.server and getattr(self, "replace_stalled", False):
+            raise SettingError("--replace-stalled works on local runs only, not with --server")
         if self.server and not self.server.startswith(("http://", "https://")):
             raise SettingError(f"--server {self.server}: give the server's http:// or https:// URL")
 
@@ -102,6 +104,13 @@ class GenerationSettings(RunSettings):
     )
     no_distill: bool = setting(
         False, "Only generate; do not distill.", flag="--no-distill", resume=True
+    )
+    replace_stalled: bool = setting(
+        False,
+        "Generate a replacement for each conversation that ended stalled (it is still "
+        "saved), so that -n counts the others; at most -n replacements.",
+        flag="--replace-stalled",
+        resume=True,
     )
     resume: bool = setting(
         False,

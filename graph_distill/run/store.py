@@ -166,6 +166,24 @@ class RunManifest:
             await self.saver.conn.commit()
         return run
 
+    async def add_item(self, run_id: str) -> RunItem:
+        """One more pending conversation for run ``run_id`` (a replacement)."""
+        async with self.saver.lock:
+            cursor = await self.saver.conn.execute(
+                "SELECT COALESCE(MAX(item_index), -1) + 1 FROM graph_distill_run_items "
+                "WHERE run_id = ?",
+                (run_id,),
+            )
+            (index,) = await cursor.fetchone()  # type: ignore[misc]
+            item = RunItem(index, uuid4().hex, ItemStatus.PENDING, None, None)
+            await self.saver.conn.execute(
+                "INSERT INTO graph_distill_run_items (run_id, item_index, conversation_id, status)"
+                " VALUES (?, ?, ?, ?)",
+                (run_id, item.index, item.conversation_id, item.status),
+            )
+            await self.saver.conn.commit()
+        return item
+
     async def items(self, run_id: str) -> list[RunItem]:
         rows = await self._read(
             "SELECT item_index, conversation_id, status, conversation_path, distilled_path "

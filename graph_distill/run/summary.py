@@ -39,6 +39,9 @@ class RunSummary:
     skipped: list[Path] = field(default_factory=list)
     # Chunks whose notes could not be had (every structured-output level failed).
     raw_chunks: int = 0
+    # Conversations that ended stalled, and replacements started for them.
+    stalled: int = 0
+    replaced: int = 0
     # Conversation files an earlier, interrupted attempt of the run had already saved.
     kept: list[Path] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -61,6 +64,9 @@ class RunSummary:
             f"{len(self.distilled)} distilled file(s)" if self.distilled or self.written else "",
             f"{len(self.skipped)} skipped (already distilled)" if self.skipped else "",
             f"{self.raw_chunks} chunk(s) kept raw" if self.raw_chunks else "",
+            f"{self.stalled} stalled" + (f" ({self.replaced} replaced)" if self.replaced else "")
+            if self.stalled
+            else "",
             f"{total.usage['calls']:,} model calls, est. {format_usd(total.cost_usd)}",
             f"{len(self.failures)} failure(s)",
             format_duration(total.wall_seconds or 0.0),

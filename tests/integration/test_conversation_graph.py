@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -9,11 +10,15 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graph_distill.context import ConversationContext
-from graph_distill.conversation.graph import conversation_builder, conversation_graph
-from graph_distill.conversation.nodes import finish
+from graph_distill.conversation.graph import (
+    conversation_builder,
+    conversation_graph,
+    recursion_limit,
+)
+from graph_distill.conversation.nodes import end_guard
 from graph_distill.conversation.roles import role_break
 from graph_distill.conversation.scenarios import builtin_scenarios
-from tests.support.fake_openai import FakeOpenAIServer, message_text
+from tests.support.fake_openai import FakeOpenAIServer, _Fault, message_text
 from tests.support.roles import RoleResponder, Script, varied
 
 SCENARIO = builtin_scenarios()[0]
@@ -104,7 +109,7 @@ async def test_acknowledgements_switch_to_next_followup() -> None:
 
 async def test_user_repeat_switches_topic_and_next_message_is_steered() -> None:
     same = RoleResponder(user=lambda n: "how do I pick a learning rate for my model?")
-    record, _, _ = await converse(same, rounds=4)
+    record, _, _ = await converse(same, rounds=12, stall_retry_rounds=1)
     reasons = [s["reason"] for s in record["metadata"]["topic_switches"]]
     assert reasons and all("repeated an earlier message" in r for r in reasons)
     topics = [s["to_topic"] for s in record["metadata"]["topic_switches"]]
@@ -113,7 +118,7 @@ async def test_user_repeat_switches_topic_and_next_message_is_steered() -> None:
 
 async def test_assistant_repeat_is_a_stall() -> None:
     parrot = RoleResponder(assistant=lambda n: "Gradient descent updates weights step by step.")
-    record, _, _ = await converse(parrot, rounds=3)
+    record, _, _ = await converse(parrot, rounds=4)
     assert any("assistant repeated" in s["reason"] for s in record["metadata"]["topic_switches"])
 
 
@@ -149,7 +154,7 @@ def test_role_break_rules() -> None:
     assert role_break("", None) == "empty"
     assert role_break("As an AI, I think so", None) == "speaks as the AI"
     assert role_break("sure.\nAssistant: here is the answer", None) == "speaks as the AI"
-    assert role_break("x" * 2000, None) == "answers itself at length"
+    assert role_break("x" * 2000, None) == "explains like an expert"
     reply = "Overfitting means the model memorises noise in the training data."
     assert role_break(reply, reply) == "echoes the assistant"
     assert role_break("hmm so how do i spot overfitting early?", reply) is None
@@ -190,14 +195,14 @@ async def test_history_window_bounds_prompt_and_keeps_prefix_stable() -> None:
     assert server.stats["cached_tokens"] > 0.5 * server.stats["prompt_tokens"]
 
 
-def test_finish_drops_trailing_user_and_empty_messages() -> None:
+def test_end_guard_drops_trailing_user_and_empty_messages() -> None:
     state = {
         "conversation_id": "c1",
         "scenario": SCENARIO.to_record(),
         "scenario_key": SCENARIO.key,
         "seed": 1,
-        "target_rounds": 3,
-        "termination_reason": "target_rounds",
+        "target_rounds": 2,
+        "rounds": 2,
         "conversation_messages": [
             HumanMessage("hi", id="m0"),
             AIMessage("hello", id="m1"),
@@ -209,14 +214,16 @@ def test_finish_drops_trailing_user_and_empty_messages() -> None:
 
     class Runtime:
         context = ConversationContext(base_url="http://127.0.0.1:9/v1", model="m")
+        stream_writer = staticmethod(lambda _event: None)
 
-    out = finish(state, Runtime())  # type: ignore[arg-type]
+    out = end_guard(state, Runtime())  # type: ignore[arg-type]
     assert out["conversation"] == [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"},
     ]
     assert {m.id for m in out["conversation_messages"]} == {"m2", "m3", "m4"}
     assert out["conversation_record"]["total_rounds"] == 1
+    assert out["conversation_record"]["metadata"]["termination_reason"] == "target_rounds"
 
 
 async def test_checkpointed_run_and_streamed_rounds() -> None:
@@ -245,11 +252,15 @@ def test_graph_is_named_and_drawable_offline() -> None:
         "simulate_user",
         "add_noise",
         "respond",
-        "check_progress",
         "switch_topic",
-        "finish",
+        "end_guard",
     ):
         assert node in mermaid
+    # the stagnation detector is the conditional edge out of the assistant step
+    assert {"respond -.-> simulate_user", "respond -.-> switch_topic"} <= {
+        line.strip().rstrip(";") for line in mermaid.splitlines()
+    }
+    assert "respond -.-> end_guard" in mermaid
 
 
 def test_bad_round_range_is_rejected() -> None:
@@ -297,3 +308,113 @@ async def test_replies_cut_at_the_token_limit_are_trimmed_to_a_sentence(streamed
     assert contents[1] == uncut("answer")(0)
     assert contents[5] == uncut("answer")(2)
     assert contents[4] == uncut("question")(1)
+
+
+LOOP_USER = "You're so right, I'll just make sure to share more examples of this theme of {}."
+LOOP_REPLY = "You're so right, I'm glad you brought it back to the story of {} and kindness."
+LOOP_TAILS = ["friendship", "generosity", "sharing", "warmth", "caring", "giving", "trust"]
+
+
+def praise_loop(template: str) -> Script:
+    return lambda n: template.format(LOOP_TAILS[n % len(LOOP_TAILS)])
+
+
+class PenaltyRefusingServer(FakeOpenAIServer):
+    """A server that answers 400 to requests with repetition penalties (some do)."""
+
+    def _refusal(self, body: Any) -> Any:
+        if "frequency_penalty" in body or "presence_penalty" in body:
+            return _Fault("400", message="frequency_penalty is not supported")
+        return super()._refusal(body)
+
+
+async def stream_loop(server: FakeOpenAIServer, rounds: int) -> tuple[dict[str, Any], list[Any]]:
+    ctx = context(server, min_rounds=rounds, max_rounds=rounds)
+    inputs = {"scenario": SCENARIO.to_record(), "seed": 1, "target_rounds": rounds}
+    events, record = [], {}
+    async for mode, data in conversation_graph.astream(
+        inputs, {"recursion_limit": 200}, context=ctx, stream_mode=["custom", "values"]
+    ):
+        if mode == "custom":
+            events.append(data)
+        else:
+            record = data.get("conversation_record", record)
+    return record, events
+
+
+@pytest.mark.parametrize("server_class", [FakeOpenAIServer, PenaltyRefusingServer])
+async def test_a_stall_that_switching_does_not_break_escalates_then_ends_stalled(
+    server_class: type[FakeOpenAIServer],
+) -> None:
+    loop = RoleResponder(user=praise_loop(LOOP_USER), assistant=praise_loop(LOOP_REPLY))
+    with server_class(loop) as server:
+        record, events = await stream_loop(server, rounds=30)
+    meta = record["metadata"]
+    assert meta["termination_reason"] == "stalled"
+    assert_well_formed(record, record["total_rounds"])
+    assert record["total_rounds"] < 30
+    switches = meta["topic_switches"]
+    assert [s["escalation"] for s in switches] == [1, 2]
+    assert "did not take" in switches[1]["reason"]
+    # each step came within stall_retry_rounds of the one before
+    ends = [s["turn"] // 2 for s in switches] + [record["total_rounds"]]
+    assert all(0 < b - a <= ConversationContext().stall_retry_rounds for a, b in pairs(ends))
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("topic_switch") == 2 and kinds[-1] == "stalled"
+    assert events[-1]["reason"] == meta["stall"]["reason"]
+    # after the firm switch every model call asks for repetition penalties, with a firmer steer
+    firm_from = switches[1]["turn"] // 2
+    late = [r for r in server.records if len(r.body["messages"]) > 2 * firm_from]
+    with_penalty = [r for r in late if r.body.get("frequency_penalty") == 0.8]
+    assert with_penalty and all(r.body.get("presence_penalty") == 0.8 for r in with_penalty)
+    if server_class is PenaltyRefusingServer:
+        # refused, then asked again without them
+        assert all(r.fault == "400" for r in with_penalty)
+        assert len(late) == 2 * len(with_penalty)
+    else:
+        assert late == with_penalty
+    steer = message_text(loop.bodies["user"][firm_from - 1]["messages"][-1])
+    assert "going in circles" in steer
+
+
+def pairs(values: list[int]) -> list[tuple[int, int]]:
+    return list(itertools.pairwise(values))
+
+
+async def test_a_switch_that_takes_resets_the_escalation() -> None:
+    def user(n: int) -> str:
+        return praise_loop(LOOP_USER)(n) if n in (1, 2, 3) else varied("question")(n)
+
+    def reply(n: int) -> str:
+        return praise_loop(LOOP_REPLY)(n) if n in (2, 3, 4) else varied("answer")(n)
+
+    script = RoleResponder(user=user, assistant=reply)
+    record, _, _ = await converse(script, rounds=12)
+    assert record["metadata"]["termination_reason"] == "target_rounds"
+    assert [s["escalation"] for s in record["metadata"]["topic_switches"]] == [1]
+
+
+async def test_role_breaks_are_recorded() -> None:
+    script = RoleResponder(
+        user=lambda n: (
+            "What is overfitting? Overfitting is when a model memorises the training data."
+            if n == 0
+            else f"question {n} about gradients?"
+        )
+    )
+    record, _, _ = await converse(script, rounds=3)
+    assert record["metadata"]["role_breaks"] == [{"turn": 2, "reason": "answers its own question"}]
+
+
+async def test_recursion_limit_fits_a_switch_after_every_round() -> None:
+    rounds = 12
+    bye = RoleResponder(user=lambda n: f"ok bye {n}, see you later")
+    with FakeOpenAIServer(bye) as server:
+        ctx = context(server, min_rounds=rounds, max_rounds=rounds, stall_retry_rounds=0)
+        inputs = {"scenario": SCENARIO.to_record(), "seed": 1, "target_rounds": rounds}
+        config = {"recursion_limit": recursion_limit(rounds)}
+        output = await conversation_graph.ainvoke(inputs, config, context=ctx)
+    record = output["conversation_record"]
+    assert record["total_rounds"] == rounds
+    # the first message is the scenario's; every later round ends in a switch
+    assert len(record["metadata"]["topic_switches"]) == rounds - 2

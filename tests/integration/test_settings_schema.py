@@ -15,6 +15,7 @@ from graph_distill.context import PipelineContext, setting
 from graph_distill.run.settings import GenerationSettings
 from tests.integration.test_cli import SECRET, invoke, run_args
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.files import json_files
 from tests.support.roles import RoleResponder, role_of
 
 
@@ -138,3 +139,32 @@ def test_a_distillation_without_usable_notes_is_written_counted_and_redone(
     data = json.loads(distilled.read_text())
     assert {c["status"] for c in data["distilled_chunks"]} == {"ok"}
     assert data["final_summary"].startswith("Overall Conversation Topic:")
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_stalled_conversations_are_saved_counted_and_replaced_on_request(
+    tmp_path: Path, replace: bool
+) -> None:
+    looping = RoleResponder(
+        user=lambda n: "You are so right, thank you so much for sharing that with me!",
+        assistant=lambda n: "You are so welcome, thank you for the kind words, I am glad!",
+    )
+    extra = ("--replace-stalled",) if replace else ()
+    with FakeOpenAIServer(looping) as server:
+        result = invoke(
+            *run_args(server, tmp_path, "-n", "2", "-j", "1", "--no-distill", *extra),
+            "--min-rounds",
+            "20",
+            "--max-rounds",
+            "20",
+        )
+    assert result.exit_code == 0, result.output
+    files = [json.loads(p.read_text()) for p in json_files(tmp_path / "conv")]
+    assert {f["metadata"]["termination_reason"] for f in files} == {"stalled"}
+    assert all(f["total_rounds"] < 20 for f in files)
+    report = json.loads((tmp_path / "conv" / "run_report.json").read_text())
+    # every replacement stalls too: at most -n of them
+    assert len(files) == (4 if replace else 2)
+    assert report["counts"]["stalled"] == len(files)
+    assert report["counts"]["replaced_stalled"] == (2 if replace else 0)
+    assert f"{len(files)} stalled" in result.output
