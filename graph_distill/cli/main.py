@@ -22,8 +22,8 @@ from graph_distill.conversation.scenarios import (
     load_scenarios_file,
     select_scenarios,
 )
-from graph_distill.files.readers import SourceConversation, find_inputs
-from graph_distill.files.writing import distilled_path, ensure_writable_dir
+from graph_distill.files.readers import ReadOptions, find_inputs, parse_role_map
+from graph_distill.files.writing import ensure_writable_dir
 from graph_distill.llm.local_model import LocalModelError, LocalModelServer
 from graph_distill.llm.models import chat_model, describe_error
 from graph_distill.llm.settings import (
@@ -33,11 +33,12 @@ from graph_distill.llm.settings import (
     require_usable,
     resolve_settings,
 )
-from graph_distill.run.distilling import distill_inputs
+from graph_distill.run.distilling import DistillTarget, distill_inputs
 from graph_distill.run.generation import RunPlan, run_conversations, run_settings
 from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, Prices, default_prices, prices_with
 from graph_distill.run.lock import check_run_free
-from graph_distill.run.progress import LineReporter, choose_reporter
+from graph_distill.run.progress import choose_reporter
+from graph_distill.run.record_progress import choose_record_reporter
 from graph_distill.run.store import ResumeError, latest_unfinished_run, setting_differences
 from graph_distill.run.summary import FatalRunError, RunSummary
 
@@ -482,23 +483,39 @@ def _run_plan(kwargs: dict[str, Any], graph_settings: PipelineContext) -> RunPla
     "input_path",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="A conversation file (JSON or JSONL; ours, ShareGPT or OpenAI chat), "
-    "or a directory with -b.",
+    help="A conversation or dataset file (JSON, JSONL or Parquet; ours, ShareGPT or OpenAI "
+    "chat), or a directory with -b.",
 )
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="Output file (one conversation) or directory. Default: ./distilled.",
+    help="A .jsonl file (one distilled record per line; re-runs complete it), a .json file "
+    "(one conversation) or a directory (one file per record). Default: ./distilled.",
 )
-@click.option("-b", "--batch", is_flag=True, help="Distill every .json/.jsonl file in -i.")
+@click.option("-b", "--batch", is_flag=True, help="Distill every .json/.jsonl/.parquet in -i.")
 @split_options
-@click.option("--force", is_flag=True, help="Redo inputs whose output already exists.")
+@click.option(
+    "--role-map",
+    multiple=True,
+    metavar="FROM=TO",
+    help="Read speaker FROM as TO (user, assistant, system or tool); repeatable.",
+)
+@click.option(
+    "--id-field",
+    metavar="KEY",
+    help="The record key holding its id (default: id, then conversation_id).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Redo records already distilled (a .jsonl output is rewritten).",
+)
 @cost_options
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @model_options
 def distill(**kwargs: Any) -> None:
-    """Distill existing conversation files into notes and a summary.
+    """Distill existing conversations or datasets into notes and a summary.
 
     Ends with a table of calls, tokens and estimated cost, also written to run_report.json
     beside the distilled files.
@@ -513,19 +530,13 @@ def distill(**kwargs: Any) -> None:
         )
     inputs = find_inputs(input_path) if input_path.is_dir() else [input_path]
     if not inputs:
-        _fail(f"no .json or .jsonl files in {input_path}")
-    output: Path | None = kwargs["output"]
-    single_file_output = output is not None and not kwargs["batch"] and output.suffix == ".json"
-
-    default_dir = output if output is not None and not single_file_output else Path("distilled")
-    report_dir = output.parent if single_file_output and output is not None else default_dir
-    _require_writable(report_dir, "-o/--output")
-
-    def out_for(source: SourceConversation) -> Path:
-        if single_file_output and output is not None and "#" not in source.source:
-            return output
-        return distilled_path(default_dir, source.stem)
-
+        _fail(f"no .json, .jsonl or .parquet files in {input_path}")
+    try:
+        read_options = ReadOptions(parse_role_map(kwargs["role_map"]), kwargs["id_field"])
+    except ValueError as error:
+        _fail(str(error))
+    target = DistillTarget(kwargs["output"], kwargs["batch"])
+    _require_writable(target.report_dir, "-o/--output")
     quiet = kwargs["quiet"]
 
     def work(settings: ModelSettings, local: bool) -> RunSummary:
@@ -538,23 +549,22 @@ def distill(**kwargs: Any) -> None:
             max_turns=kwargs["max_turns"],
             requests_per_minute=rpm,
         )
-        reporter = (
-            LineReporter()
-            if not quiet
-            else choose_reporter(quiet=True, tty=False, concurrent_items=0)
-        )
-        return asyncio.run(
-            distill_inputs(
-                inputs,
-                out_for,
-                ctx,
-                concurrency=kwargs["concurrency"],
-                force=kwargs["force"],
-                reporter=reporter,
-                prices=_prices(price_flags, settings, local),
-                report_dir=report_dir,
+        reporter = choose_record_reporter(quiet=quiet, tty=sys.stderr.isatty())
+        try:
+            return asyncio.run(
+                distill_inputs(
+                    inputs,
+                    target,
+                    ctx,
+                    concurrency=kwargs["concurrency"],
+                    force=kwargs["force"],
+                    reporter=reporter,
+                    read_options=read_options,
+                    prices=_prices(price_flags, settings, local),
+                )
             )
-        )
+        finally:
+            reporter.close()
 
     _finish(_execute(flags, quiet, work), quiet)
 

@@ -1,10 +1,11 @@
-"""Distilling conversations into files: one saved conversation, or every conversation of the
-files ``distill`` is given."""
+"""Distilling conversations: one saved conversation (``run``), or every record of the files
+``distill`` is given, read one at a time and distilled ``-j`` at once into files or JSON Lines."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +13,88 @@ from langchain_core.runnables import RunnableConfig
 
 from graph_distill.context import DistillContext
 from graph_distill.distill.graph import distill_graph
-from graph_distill.files.readers import SourceConversation, read_conversations
-from graph_distill.files.writing import distilled_file, write_json_atomic
-from graph_distill.llm.models import model_name
-from graph_distill.run.ledger import (
-    MIMO_V2_FLASH_PRICES,
-    CostLedger,
-    Prices,
+from graph_distill.files.outputs import (
+    JsonlOutput,
+    OutputMismatch,
+    OutputNames,
+    existing_settings,
+    setting_differences,
 )
+from graph_distill.files.readers import (
+    BadRecord,
+    EmptyRecord,
+    InputError,
+    ReadOptions,
+    SourceConversation,
+    read_records,
+)
+from graph_distill.files.streams import ReaderUnavailable, count_records, require_reader
+from graph_distill.files.writing import distilled_file, distilled_path, write_json_atomic
+from graph_distill.llm.models import model_name
+from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices, format_duration
+from graph_distill.run.ledger import format_usd as usd
 from graph_distill.run.progress import Reporter
+from graph_distill.run.record_progress import ALREADY_DONE, RecordReporter
 from graph_distill.run.summary import (
     RETRY_HINT,
+    FatalRunError,
     Graph,
     RunSummary,
-    gather_or_abort,
+    cancel_all,
     record_failure,
     reported,
     stop_on_write_error,
 )
+
+EMPTY = "no message has text"
+DEFAULT_OUTPUT_DIR = Path("distilled")
+
+
+def distill_settings(ctx: DistillContext) -> dict[str, Any]:
+    """The settings a distilled record depends on, recorded in its metadata."""
+    return {
+        "model": model_name(ctx, "distill"),
+        "split_method": ctx.split_method,
+        "max_tokens": ctx.max_tokens,
+        "overlap_tokens": ctx.overlap_tokens,
+        "max_turns": ctx.max_turns,
+    }
+
+
+async def distill_record(
+    source: SourceConversation,
+    ctx: DistillContext,
+    concurrency: int,
+    reporter: Reporter,
+    summary: RunSummary,
+    *,
+    graph: Graph = distill_graph,
+    thread_id: str | None = None,
+) -> dict[str, Any] | None:
+    """The distilled record of one conversation; None when it failed (recorded, not raised).
+    With a ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut
+    short goes on where it stopped: chunks already distilled are not asked again."""
+    config: RunnableConfig = {
+        "max_concurrency": concurrency,
+        "callbacks": [summary.ledger.callback("distillation")],
+    }
+    inputs: dict[str, Any] | None = {"conversation": source.messages}
+    if thread_id is not None:
+        config["configurable"] = {"thread_id": thread_id}
+        if (await graph.aget_state(config)).created_at is not None:
+            inputs = None
+    try:
+        result = await graph.ainvoke(inputs, config, context=ctx)
+    except Exception as error:
+        record_failure(summary, reporter, source.source, error)
+        return None
+    return distilled_file(
+        source=source.source_value,
+        distilled_chunks=result["distilled_chunks"],
+        final_summary=result["final_summary"],
+        final_notes=result.get("final_notes"),
+        metadata={**distill_settings(ctx), "usage": result["distill_usage"]},
+    )
 
 
 async def distill_source(
@@ -44,38 +109,12 @@ async def distill_source(
     thread_id: str | None = None,
     retry_hint: str = RETRY_HINT,
 ) -> bool:
-    """Distill one conversation into ``out_path``; failures are recorded, not raised. With a
-    ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut short goes
-    on where it stopped: chunks already distilled are not asked again. True when written."""
-    config: RunnableConfig = {
-        "max_concurrency": concurrency,
-        "callbacks": [summary.ledger.callback("distillation")],
-    }
-    inputs: dict[str, Any] | None = {"conversation": source.messages}
-    if thread_id is not None:
-        config["configurable"] = {"thread_id": thread_id}
-        if (await graph.aget_state(config)).created_at is not None:
-            inputs = None
-    try:
-        result = await graph.ainvoke(inputs, config, context=ctx)
-    except Exception as error:
-        record_failure(summary, reporter, source.source, error)
-        return False
-    metadata = {
-        "model": model_name(ctx, "distill"),
-        "split_method": ctx.split_method,
-        "max_tokens": ctx.max_tokens,
-        "overlap_tokens": ctx.overlap_tokens,
-        "max_turns": ctx.max_turns,
-        "usage": result["distill_usage"],
-    }
-    data = distilled_file(
-        source=source.source,
-        distilled_chunks=result["distilled_chunks"],
-        final_summary=result["final_summary"],
-        final_notes=result.get("final_notes"),
-        metadata=metadata,
+    """Distill one conversation into ``out_path`` (see distill_record); True when written."""
+    data = await distill_record(
+        source, ctx, concurrency, reporter, summary, graph=graph, thread_id=thread_id
     )
+    if data is None:
+        return False
     with stop_on_write_error(out_path.parent, retry_hint):
         write_json_atomic(out_path, data)
     summary.distilled.append(out_path)
@@ -83,45 +122,219 @@ async def distill_source(
     return True
 
 
+@dataclass(frozen=True)
+class DistillTarget:
+    """``-o``: a JSON Lines file (``.jsonl``), one file for a single conversation (``.json``
+    without ``-b``) or a directory (default ``./distilled``)."""
+
+    output: Path | None
+    batch: bool
+
+    @property
+    def jsonl(self) -> bool:
+        return self.output is not None and self.output.suffix.lower() == ".jsonl"
+
+    @property
+    def single_file(self) -> bool:
+        return self.output is not None and not self.batch and self.output.suffix == ".json"
+
+    @property
+    def directory(self) -> Path:
+        if self.output is None or self.jsonl or self.single_file:
+            return DEFAULT_OUTPUT_DIR
+        return self.output
+
+    @property
+    def report_dir(self) -> Path:
+        """Where ``run_report.json`` goes: beside the output file, or in the directory."""
+        if self.output is not None and (self.jsonl or self.single_file):
+            return self.output.parent
+        return self.directory
+
+
+class _Tally(Sequence[Path]):
+    """A count standing where a list of paths is expected, so 100k records keep no list."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def append(self, _item: Path | None) -> None:
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: Any) -> Any:
+        raise IndexError(index)
+
+
+@dataclass
+class DistillSummary(RunSummary):
+    distilled: _Tally = field(default_factory=_Tally)  # type: ignore[assignment]
+    skipped: _Tally = field(default_factory=_Tally)  # type: ignore[assignment]
+    empty: int = 0
+    redone: int = 0
+
+    def closing_line(self) -> str:
+        total = self.ledger.total()
+        redone = f" ({self.redone} redone: made with other settings)" if self.redone else ""
+        return (
+            f"{len(self.distilled):,} record(s) distilled{redone}, "
+            f"{len(self.skipped):,} skipped ({ALREADY_DONE}), {self.empty:,} skipped (empty), "
+            f"{len(self.failures):,} failed; {total.usage['calls']:,} model calls, "
+            f"est. {usd(total.cost_usd)}; {format_duration(total.wall_seconds or 0.0)}"
+        )
+
+
+class _Job:
+    """What ``distill`` does with each record; it holds only the records being worked on."""
+
+    def __init__(
+        self,
+        target: DistillTarget,
+        ctx: DistillContext,
+        concurrency: int,
+        force: bool,
+        reporter: RecordReporter,
+        summary: DistillSummary,
+    ) -> None:
+        self.target, self.ctx, self.concurrency, self.force = target, ctx, concurrency, force
+        self.reporter, self.summary = reporter, summary
+        self.settings = distill_settings(ctx)
+        self.names = OutputNames(target.directory)
+        self.sink: JsonlOutput | None = None
+        if target.jsonl and target.output is not None:
+            try:
+                self.sink = JsonlOutput(target.output, self.settings, force=force)
+            except OutputMismatch as error:
+                raise FatalRunError(str(error)) from None
+            if self.sink.repaired:
+                reporter.note(f"{target.output}: dropped an unfinished last line")
+
+    def work(self, record: SourceConversation | EmptyRecord | BadRecord) -> Coroutine | None:
+        """The distillation to run for ``record``, or None when it is settled now."""
+        if isinstance(record, BadRecord):
+            self.summary.failures.append((record.source, record.problem))
+            self.reporter.failed(record.source, record.problem)
+            return None
+        if isinstance(record, EmptyRecord):
+            self.summary.empty += 1
+            self.reporter.skipped(record.source, EMPTY)
+            return None
+        if self.sink is not None:
+            if self.sink.holds(record.source_value):
+                return self._skip(record)
+            return self._to_jsonl(record, self.sink)
+        out_path = self._out_path(record)
+        if out_path.exists() and not self.force and self._made_alike(out_path):
+            return self._skip(record)
+        return self._to_file(record, out_path)
+
+    def _skip(self, record: SourceConversation) -> None:
+        self.summary.skipped.append(None)
+        self.reporter.skipped(record.source, ALREADY_DONE)
+
+    def _out_path(self, record: SourceConversation) -> Path:
+        if self.target.single_file and record.whole_file and self.target.output is not None:
+            return self.target.output
+        if record.whole_file and record.origin is None:
+            return distilled_path(self.target.directory, record.stem)
+        return self.names.claim(record.stem, record.origin)
+
+    def _made_alike(self, out_path: Path) -> bool:
+        found = existing_settings(out_path) or {}
+        differences = setting_differences(found, self.settings)
+        if differences:
+            self.summary.redone += 1
+            self.reporter.note(f"redoing {out_path}: made with other settings ({differences[0]})")
+        return not differences
+
+    async def _to_file(self, record: SourceConversation, out_path: Path) -> None:
+        ctx, reporter = self.ctx, self.reporter
+        await distill_source(record, out_path, ctx, self.concurrency, reporter, self.summary)
+
+    async def _to_jsonl(self, record: SourceConversation, sink: JsonlOutput) -> None:
+        data = await distill_record(record, self.ctx, self.concurrency, self.reporter, self.summary)
+        if data is None:
+            return
+        with stop_on_write_error(sink.path.parent, RETRY_HINT):
+            sink.append(data)
+        self.summary.distilled.append(None)
+        self.reporter.distilled(record.source, str(sink.path))
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+
+def _records(
+    inputs: Sequence[Path], options: ReadOptions, job: _Job
+) -> Iterator[SourceConversation | EmptyRecord | BadRecord]:
+    for path in inputs:
+        try:
+            yield from read_records(path, options)
+        except InputError as error:
+            job.summary.failures.append((error.path, error.problem))
+            job.reporter.failed(error.path, error.problem)
+
+
+async def _pump(works: Iterator[Coroutine | None], concurrency: int) -> None:
+    """Run the works ``concurrency`` at once, pulling the next only when one ends."""
+    pending: set[asyncio.Future[Any]] = set()
+    try:
+        for work in works:
+            if work is None:
+                continue
+            while len(pending) >= concurrency:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            pending.add(asyncio.ensure_future(work))
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+    finally:
+        await cancel_all(list(pending))
+
+
+def _total(inputs: Sequence[Path]) -> int | None:
+    counts = [count_records(path) for path in inputs]
+    return None if None in counts else sum(c for c in counts if c is not None)
+
+
 async def distill_inputs(
     inputs: Sequence[Path],
-    out_for: Callable[[SourceConversation], Path],
+    target: DistillTarget,
     ctx: DistillContext,
     *,
     concurrency: int,
     force: bool,
-    reporter: Reporter,
+    reporter: RecordReporter,
+    read_options: ReadOptions | None = None,
     prices: Prices = MIMO_V2_FLASH_PRICES,
-    report_dir: Path | None = None,
-) -> RunSummary:
-    """Distill every conversation in ``inputs`` (files in parallel, ``concurrency`` at once);
-    with a ``report_dir``, its calls, tokens and cost go to ``run_report.json`` there."""
-    summary = RunSummary(ledger=CostLedger(prices))
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(source: SourceConversation) -> None:
-        out_path = out_for(source)
-        if out_path.exists() and not force:
-            summary.skipped.append(out_path)
-            return
-        async with gate:
-            await distill_source(source, out_path, ctx, concurrency, reporter, summary)
-
-    sources: list[SourceConversation] = []
+) -> DistillSummary:
+    """Distill every record of ``inputs``, ``concurrency`` at once, with at most about that
+    many records in memory; calls, tokens and cost go to ``run_report.json`` in the target's
+    report directory. FatalRunError (one line) when the work cannot start."""
     for path in inputs:
         try:
-            sources.extend(read_conversations(path))
-        except ValueError as error:
-            summary.failures.append((str(path), str(error)))
-            reporter.failed(str(path), str(error))
-    if report_dir is None:
-        await gather_or_abort([one(s) for s in sources])
-        return summary
-    settings = {
+            require_reader(path)
+        except ReaderUnavailable as error:
+            raise FatalRunError(str(error)) from None
+    summary = DistillSummary(ledger=CostLedger(prices))
+    job = _Job(target, ctx, concurrency, force, reporter, summary)
+    reporter.begin(_total(inputs))
+    settings: Mapping[str, Any] = {
         "inputs": [str(Path(path).absolute()) for path in inputs],
+        "output": str(target.output) if target.output else str(target.directory),
         "concurrency": concurrency,
         "force": force,
     }
-    with reported(summary, report_dir, ctx, settings, RETRY_HINT):
-        await gather_or_abort([one(s) for s in sources])
+    works = (job.work(record) for record in _records(inputs, read_options or ReadOptions(), job))
+    try:
+        with reported(summary, target.report_dir, ctx, dict(settings), RETRY_HINT):
+            await _pump(works, concurrency)
+    finally:
+        job.close()
     return summary
