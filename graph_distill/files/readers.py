@@ -14,6 +14,7 @@ from graph_distill.files.streams import (
     INPUT_SUFFIXES,
     InputError,
     RawRecord,
+    one_line,
     raw_records,
 )
 from graph_distill.files.writing import RUN_REPORT_NAME, TEMP_SUFFIX
@@ -174,14 +175,15 @@ def record_id(value: Any, id_field: str | None) -> str | None:
 
 
 def _record(raw: RawRecord, options: ReadOptions, *, single: bool) -> Record:
+    place = raw.path if single else f"{raw.path} {raw.where}"
     if raw.problem is not None:
-        return BadRecord(f"{raw.path} {raw.where}", raw.problem)
+        return BadRecord(place, raw.problem)
     ident = record_id(raw.value, options.id_field)
-    label = f"{raw.path} {raw.where}" + (f" (id {ident})" if ident is not None else "")
+    label = place + (f" (id {one_line(ident)})" if ident is not None else "")
     try:
         messages, ours = _conversation_from(raw.value, options)
     except _Problem as problem:
-        return BadRecord(label, str(problem))
+        return BadRecord(label, one_line(str(problem)))
     if not messages:
         return EmptyRecord(label)
     record = raw.value if ours else None

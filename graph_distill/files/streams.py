@@ -27,7 +27,7 @@ class InputError(ValueError):
 
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
-        self.problem = _one_line(problem)
+        self.problem = one_line(problem)
         super().__init__(f"{path}: {self.problem}")
 
 
@@ -288,5 +288,5 @@ def _parquet_records(path: Path, source: str, id_fields: tuple[str, ...]) -> Ite
             index += 1
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
