@@ -4,7 +4,6 @@ done, rate, time left), plain lines otherwise, nothing with ``-q``."""
 from __future__ import annotations
 
 import sys
-from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -53,8 +52,8 @@ class _RateColumn(ProgressColumn):
 class RecordBar(RecordReporter):
     """A bar redrawn in place; failures and notes are printed above it."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.console = Console(file=stream or sys.stderr)
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(file=sys.stderr)
         self.progress = Progress(
             TextColumn("distilling"),
             BarColumn(),
