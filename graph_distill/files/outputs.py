@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,13 @@ class OutputNames:
 def record_key(source: str | Mapping[str, Any]) -> RecordKey:
     """What identifies a distilled record across runs: its input file, index and id."""
     if isinstance(source, str):
-        return (str(Path(source).absolute()), 0, None)
-    return (str(Path(source["path"]).absolute()), int(source["index"]), source.get("id"))
+        return (_absolute(source), 0, None)
+    return (_absolute(source["path"]), int(source["index"]), source.get("id"))
+
+
+def _absolute(path: str) -> str:
+    # One string per input file, however many records it holds.
+    return sys.intern(str(Path(path).absolute()))
 
 
 def setting_differences(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
