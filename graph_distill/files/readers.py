@@ -132,7 +132,9 @@ def read_records(path: str | Path, options: ReadOptions | None = None) -> Iterat
     (missing, empty, not JSON at all)."""
     options = options or ReadOptions()
     stream = raw_records(Path(path), options.id_field)
-    first = next(stream)
+    first = next(stream, None)
+    if first is None:
+        raise InputError(str(path), "no records")
     second = next(stream, None)
     if second is None:
         yield _record(first, options, single=True)

@@ -875,6 +875,14 @@ def test_parquet_without_a_conversation_column(tmp_path: Path) -> None:
     input_error(path, "no 'conversations' or 'messages' or 'conversation' column (columns: text)")
 
 
+def test_parquet_without_rows(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"messages": pa.array([], pa.list_(pa.string()))}), path)
+    input_error(path, "no records")
+
+
 def test_find_inputs_includes_parquet(tmp_path: Path) -> None:
     (tmp_path / "a.parquet").write_bytes(b"PAR1")
     (tmp_path / "b.csv").write_text("x")
