@@ -96,6 +96,7 @@ class JsonlOutput:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
     def holds(self, source: str | Mapping[str, Any]) -> bool:
+        """Whether an earlier run wrote this record (each record is read once per run)."""
         return record_key(source) in self.done
 
     def append(self, data: Mapping[str, Any]) -> None:
@@ -103,7 +104,6 @@ class JsonlOutput:
         payload = line.encode("utf-8")
         while payload:
             payload = payload[os.write(self._fd, payload) :]
-        self.done.add(record_key(data["source"]))
 
     def close(self) -> None:
         os.close(self._fd)
