@@ -31,12 +31,12 @@ from graph_distill.conversation.scenarios import (
     load_scenarios_file,
     select_scenarios,
 )
-from graph_distill.files.readers import SourceConversation, find_inputs
-from graph_distill.files.writing import distilled_path
+from graph_distill.files.readers import ReadOptions, find_inputs, parse_role_map
 from graph_distill.llm.models import chat_model, describe_error
-from graph_distill.run.distilling import distill_inputs
+from graph_distill.run.distilling import DistillTarget, distill_inputs
 from graph_distill.run.generation import RunPlan, run_conversations, scenario_settings
 from graph_distill.run.lock import check_run_free
+from graph_distill.run.progress import RecordReporter
 from graph_distill.run.remote import (
     Server,
     distill_on_server,
@@ -46,6 +46,7 @@ from graph_distill.run.remote import (
     server_from_options,
 )
 from graph_distill.run.settings import (
+    DatasetSettings,
     GenerationSettings,
     RunSettings,
     differences,
@@ -57,7 +58,7 @@ from graph_distill.run.summary import RunSummary
 from .common import fail, finish, plain_errors, prices_for, require_writable
 from .options import given, options_from
 from .session import model_session
-from .terminal import choose_reporter
+from .terminal import choose_record_reporter, choose_reporter
 
 # Model settings: with --server, sent only when given on the command line.
 MODEL_FIELDS = ("base_url", "api_key", "model", "user_model", "assistant_model", "distill_model")
@@ -264,26 +265,26 @@ main.add_command(run_command())
     "input_path",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="A conversation file (JSON or JSONL; ours, ShareGPT or OpenAI chat), "
-    "or a directory with -b.",
+    help="A conversation or dataset file (JSON, JSONL or Parquet; ours, ShareGPT or OpenAI "
+    "chat), or a directory with -b.",
 )
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="Output file (one conversation) or directory. Default: ./distilled.",
+    help="A .jsonl file (one distilled record per line; re-runs complete it), a .json file "
+    "(one conversation) or a directory (one file per record). Default: ./distilled.",
 )
-@click.option("-b", "--batch", is_flag=True, help="Distill every .json/.jsonl file in -i.")
-@click.option("--force", is_flag=True, help="Redo inputs whose output already exists.")
-@options_from(RunSettings, DistillContext)
+@click.option("-b", "--batch", is_flag=True, help="Distill every .json/.jsonl/.parquet in -i.")
+@options_from(DatasetSettings, DistillContext)
 def distill(**values: Any) -> None:
-    """Distill existing conversation files into notes and a summary.
+    """Distill existing conversations or datasets into notes and a summary.
 
-    Ends with a table of calls, tokens and estimated cost, also written to run_report.json
-    beside the distilled files.
+    Records are read one by one and distilled -j at once. Ends with a table of calls, tokens
+    and estimated cost, also written to run_report.json beside the distilled files.
     """
     with plain_errors():
-        run_settings = RunSettings(**given(RunSettings, values))
+        run_settings = DatasetSettings(**given(DatasetSettings, values))
         ctx = DistillContext(**given(DistillContext, values))
         run_settings.check()
         ctx.check()
@@ -294,50 +295,73 @@ def distill(**values: Any) -> None:
         )
     inputs = find_inputs(input_path) if input_path.is_dir() else [input_path]
     if not inputs:
-        fail(f"no .json or .jsonl files in {input_path}")
-    output: Path | None = values["output"]
-    single_file_output = output is not None and not values["batch"] and output.suffix == ".json"
-    default_dir = output if output is not None and not single_file_output else Path("distilled")
-    report_dir = output.parent if single_file_output and output is not None else default_dir
-    require_writable(report_dir, "-o/--output")
-
-    def out_for(source: SourceConversation) -> Path:
-        if single_file_output and output is not None and "#" not in source.source:
-            return output
-        return distilled_path(default_dir, source.stem)
-
+        fail(f"no .json, .jsonl or .parquet files in {input_path}")
+    try:
+        read_options = ReadOptions(parse_role_map(run_settings.role_map), run_settings.id_field)
+    except ValueError as error:
+        fail(str(error))
+    target = DistillTarget(values["output"], values["batch"])
+    require_writable(target.report_dir, "-o/--output")
     quiet = run_settings.quiet
-    reporter = choose_reporter(quiet=quiet, tty=False, total=0)
-    if run_settings.server:
+    reporter = choose_record_reporter(quiet=quiet, tty=sys.stderr.isatty())
+    try:
         with plain_errors():
-            server, graph, model, prices = _on_server(DistillContext, run_settings, values)
-            remote = remote_distill(
-                server,
-                graph,
-                model,
-                prices,
-                concurrency=run_settings.concurrency,
-                force=values["force"],
-            )
-            summary = asyncio.run(distill_on_server(remote, inputs, out_for, reporter, report_dir))
-        finish(summary, quiet)
-    with (
-        plain_errors(),
-        model_session(ctx, run_settings.local_model, quiet) as (ctx, settings, local),
+            if run_settings.server:
+                summary = _distill_on_server(
+                    inputs, target, read_options, run_settings, values, reporter
+                )
+            else:
+                summary = _distill_here(inputs, target, read_options, ctx, run_settings, reporter)
+    finally:
+        reporter.close()
+    finish(summary, quiet)
+
+
+def _distill_here(
+    inputs: list[Path],
+    target: DistillTarget,
+    read_options: ReadOptions,
+    ctx: DistillContext,
+    run_settings: DatasetSettings,
+    reporter: RecordReporter,
+) -> RunSummary:
+    with model_session(ctx, run_settings.local_model, run_settings.quiet) as (
+        ctx,
+        settings,
+        local,
     ):
-        summary = asyncio.run(
+        return asyncio.run(
             distill_inputs(
                 inputs,
-                out_for,
+                target,
                 ctx,
                 concurrency=run_settings.concurrency,
-                force=values["force"],
+                force=run_settings.force,
                 reporter=reporter,
+                read_options=read_options,
                 prices=prices_for(run_settings, settings, local),
-                report_dir=report_dir,
             )
         )
-    finish(summary, quiet)
+
+
+def _distill_on_server(
+    inputs: list[Path],
+    target: DistillTarget,
+    read_options: ReadOptions,
+    run_settings: DatasetSettings,
+    values: dict[str, Any],
+    reporter: RecordReporter,
+) -> RunSummary:
+    server, graph, model, prices = _on_server(DistillContext, run_settings, values)
+    remote = remote_distill(
+        server,
+        graph,
+        model,
+        prices,
+        concurrency=run_settings.concurrency,
+        force=run_settings.force,
+    )
+    return asyncio.run(distill_on_server(remote, inputs, target, read_options, reporter))
 
 
 @main.command()

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from graph_distill.run.ledger import CostLedger, format_duration, format_usd
-from graph_distill.run.progress import Reporter
+from graph_distill.run.progress import ALREADY_DONE, RecordReporter, Reporter
 
 LIVE_TEXT_LINES = 14
 
@@ -53,12 +53,16 @@ class LineReporter(Reporter):
 class RateColumn(ProgressColumn):
     """Items per second (or per minute when slower), from rich's speed estimate."""
 
+    def __init__(self, unit: str = "") -> None:
+        super().__init__()
+        self.unit = f" {unit}" if unit else ""
+
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         if not speed:
             return Text("", style="progress.data.speed")
-        shown = f"{speed:.1f}/s" if speed >= 1 else f"{speed * 60:.1f}/min"
-        return Text(shown, style="progress.data.speed")
+        per = f"{speed:,.1f}{self.unit}/s" if speed >= 1 else f"{speed * 60:.1f}{self.unit}/min"
+        return Text(per, style="progress.data.speed")
 
 
 class LiveReporter(LineReporter):
@@ -182,6 +186,64 @@ def choose_reporter(*, quiet: bool, tty: bool, total: int, what: str = "conversa
     if quiet:
         return Reporter()
     return LiveReporter(total, what) if tty else LineReporter()
+
+
+class RecordLines(LineReporter, RecordReporter):
+    """One line per distilled, failed or empty record; records already done pass silently."""
+
+    def distilled(self, label: str, path: str) -> None:
+        self._line(f"distilled {label} -> {path}")
+
+    def skipped(self, label: str, reason: str) -> None:
+        if reason != ALREADY_DONE:
+            self._line(f"skipped {label}: {reason}")
+
+
+class RecordBar(RecordReporter):
+    """A bar of records done (rate, time left) redrawn in place; failures and notes are
+    printed above it."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("distilling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn("records"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("records", total=None)
+        self.progress.start()
+
+    def begin(self, total: int | None) -> None:
+        self.progress.update(self.task, total=total)
+
+    def distilled(self, label: str, path: str) -> None:
+        self.progress.advance(self.task)
+
+    def skipped(self, label: str, reason: str) -> None:
+        self.progress.advance(self.task)
+
+    def failed(self, label: str, reason: str) -> None:
+        self.console.print(f"FAILED {label}: {reason}", markup=False, highlight=False)
+        self.progress.advance(self.task)
+
+    def note(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def choose_record_reporter(*, quiet: bool, tty: bool) -> RecordReporter:
+    """``distill``'s bar on a terminal, plain lines elsewhere, nothing with ``-q``."""
+    if quiet:
+        return RecordReporter()
+    return RecordBar() if tty else RecordLines()
 
 
 def cost_table(ledger: CostLedger) -> Table:

@@ -1,106 +1,164 @@
-"""Conversation inputs: graph-distill, ShareGPT and OpenAI chat records, as a JSON object, a JSON
-list or JSON Lines."""
+"""Conversation records: graph-distill, ShareGPT and OpenAI chat, with the roles and ids found
+in real datasets. Each record is judged alone: an empty or malformed record never stops the
+others (see ``streams`` for the containers they come in)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graph_distill.files.streams import (
+    ID_FIELDS,
+    INPUT_SUFFIXES,
+    InputError,
+    RawRecord,
+    one_line,
+    raw_records,
+)
 from graph_distill.files.writing import RUN_REPORT_NAME, TEMP_SUFFIX
 
-INPUT_SUFFIXES = (".json", ".jsonl")
-
+__all__ = [
+    "INPUT_SUFFIXES",
+    "BadRecord",
+    "EmptyRecord",
+    "InputError",
+    "ReadOptions",
+    "SourceConversation",
+    "find_inputs",
+    "parse_role_map",
+    "read_conversations",
+    "read_records",
+]
 
 FORMATS_EXPECTED = (
     'expected a graph-distill conversation {"conversation": [...]}, '
     'ShareGPT {"conversations": [...]} or OpenAI chat {"messages": [...]}'
 )
 
+ROLES = ("user", "assistant", "system", "tool")
 
-class InputError(ValueError):
-    """An unusable input file; ``str()`` is one line naming the file and the problem."""
+# Speaker names of public datasets (ShareGPT dumps, OpenAI logs, Hugging Face chat sets).
+ROLE_ALIASES: Mapping[str, str] = {
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "ai": "assistant",
+    "claude": "assistant",
+    "gemini": "assistant",
+    "function_call": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+    "ipython": "tool",
+    "tool_response": "tool",
+}
 
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(_one_line(f"{path}: {problem}"))
+_MESSAGE_KEYS = ("conversation", "conversations", "messages")
+_TEXT_PART_TYPES = ("text", "input_text", "output_text")
 
 
 class _Problem(ValueError):
-    """A problem inside one conversation record; located and wrapped into an InputError."""
+    """A problem inside one record; reported with the record's place and id."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    role_map: Mapping[str, str] = field(default_factory=dict)
+    id_field: str | None = None
 
 
 @dataclass(frozen=True)
 class SourceConversation:
+    """A conversation to distill. ``source`` names it in messages (and is the distilled file's
+    ``source`` for one of our own files); ``origin`` ({"path", "index", "id"}) is the
+    ``source`` of a record taken from a dataset file."""
+
     source: str
     stem: str
     messages: list[dict[str, str]]
     record: dict[str, Any] | None
+    origin: dict[str, Any] | None = None
+    # The only record of its file: the file's own name and ``-o FILE.json`` may be used.
+    whole_file: bool = True
+
+    @property
+    def source_value(self) -> str | dict[str, Any]:
+        return self.origin if self.origin is not None else self.source
 
 
 @dataclass(frozen=True)
-class _Format:
-    messages_key: str
-    role_key: str
-    content_key: str
-    roles: Mapping[str, str]
-    content_parts: bool
+class EmptyRecord:
+    """A record with no message text: skipped, not failed."""
+
+    source: str
 
 
-_PLAIN_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+@dataclass(frozen=True)
+class BadRecord:
+    """A record that cannot be distilled, and why (one line)."""
+
+    source: str
+    problem: str
 
 
-_OURS = _Format("conversation", "role", "content", _PLAIN_ROLES, content_parts=False)
+Record = SourceConversation | EmptyRecord | BadRecord
 
 
-_SHAREGPT = _Format(
-    "conversations",
-    "from",
-    "value",
-    {
-        "human": "user",
-        "user": "user",
-        "gpt": "assistant",
-        "assistant": "assistant",
-        "system": "system",
-    },
-    content_parts=False,
-)
+def parse_role_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``FROM=TO`` pairs as a mapping; ValueError (one plain line) on a malformed pair."""
+    mapping = {}
+    for pair in pairs:
+        speaker, sep, role = pair.partition("=")
+        if not sep or not speaker.strip():
+            raise ValueError(f"--role-map {pair!r}: expected FROM=TO, e.g. narrator=assistant")
+        if role.strip().lower() not in ROLES:
+            raise ValueError(f"--role-map {pair!r}: TO must be one of {', '.join(ROLES)}")
+        mapping[speaker.strip().lower()] = role.strip().lower()
+    return mapping
 
 
-_OPENAI = _Format("messages", "role", "content", _PLAIN_ROLES, content_parts=True)
-
-
-_FORMATS = (_OURS, _SHAREGPT, _OPENAI)
+def read_records(path: str | Path, options: ReadOptions | None = None) -> Iterator[Record]:
+    """Every record of ``path``, one at a time; InputError when the file as a whole is unusable
+    (missing, empty, not JSON at all)."""
+    options = options or ReadOptions()
+    stream = raw_records(Path(path), options.id_field)
+    first = next(stream, None)
+    if first is None:
+        raise InputError(str(path), "no records")
+    second = next(stream, None)
+    if second is None:
+        yield _record(first, options, single=True)
+        return
+    yield _record(first, options, single=False)
+    yield _record(second, options, single=False)
+    for raw in stream:
+        yield _record(raw, options, single=False)
 
 
 def read_conversations(path: str | Path) -> list[SourceConversation]:
-    """Every conversation in ``path``; raises InputError (one line) when the file is unusable."""
-    source = str(path)
-    records = _parse_records(_read_text(Path(path), source), source)
-    stem = Path(path).stem
-    width = len(str(len(records)))
+    """Every conversation in ``path``; InputError (one line) on the first unusable record."""
     conversations = []
-    for number, (location, value) in enumerate(records, 1):
-        try:
-            messages, record = _conversation_from(value)
-        except _Problem as problem:
-            raise InputError(source, f"{location}{problem}") from None
-        if len(records) == 1:
-            conversations.append(SourceConversation(source, stem, messages, record))
-        else:
-            numbered_stem = f"{stem}_{number:0{width}d}"
-            conversations.append(
-                SourceConversation(f"{source}#{number}", numbered_stem, messages, record)
-            )
+    for record in read_records(path):
+        if isinstance(record, BadRecord):
+            raise InputError(record.source, record.problem)
+        if isinstance(record, EmptyRecord):
+            raise InputError(record.source, "no message has text")
+        conversations.append(record)
     return conversations
 
 
 def find_inputs(directory: Path) -> list[Path]:
-    """The *.json and *.jsonl files directly in ``directory``, sorted by name."""
+    """The *.json, *.jsonl and *.parquet files directly in ``directory``, sorted by name."""
     directory = Path(directory)
     if not directory.is_dir():
         problem = "not a directory" if directory.exists() else "no such directory"
@@ -108,125 +166,94 @@ def find_inputs(directory: Path) -> list[Path]:
     return sorted((path for path in directory.iterdir() if _is_input(path)), key=lambda p: p.name)
 
 
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+def record_id(value: Any, id_field: str | None) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    for key in (id_field,) if id_field else ID_FIELDS:
+        found = value.get(key)
+        if found is not None and found != "":
+            return str(found)
+    return None
 
 
-def _read_text(path: Path, source: str) -> str:
-    if path.is_dir():
-        raise InputError(source, "is a directory, not a file")
+def _record(raw: RawRecord, options: ReadOptions, *, single: bool) -> Record:
+    place = raw.path if single else f"{raw.path} {raw.where}"
+    if raw.problem is not None:
+        return BadRecord(place, raw.problem)
+    ident = record_id(raw.value, options.id_field)
+    label = place + (f" (id {one_line(ident)})" if ident is not None else "")
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(source, "no such file") from None
-    except OSError as error:
-        raise InputError(source, f"cannot be read ({error.strerror or error})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        problem = f"not UTF-8 text (invalid byte 0x{data[error.start]:02x} on line {line})"
-        raise InputError(source, problem) from None
-    if not text.strip():
-        raise InputError(source, "empty file")
-    return text
+        messages, ours = _conversation_from(raw.value, options)
+    except _Problem as problem:
+        return BadRecord(label, one_line(str(problem)))
+    if not messages:
+        return EmptyRecord(label)
+    record = raw.value if ours else None
+    stem = Path(raw.path).stem
+    if single and (ours or ident is None):
+        origin = None if ours else {"path": raw.path, "index": raw.index, "id": ident}
+        return SourceConversation(raw.path, stem, messages, record, origin)
+    name = ident if ident is not None else f"{stem}_{raw.index}"
+    origin = {"path": raw.path, "index": raw.index, "id": ident}
+    return SourceConversation(label, name, messages, record, origin, whole_file=False)
 
 
-def _parse_records(text: str, source: str) -> list[tuple[str, Any]]:
-    """(location prefix for problems, JSON value) for each conversation record in ``text``."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        if _is_json_lines(text, error):
-            return _parse_json_lines(text, source)
-        where = f"line {error.lineno}, column {error.colno}: {error.msg}"
-        raise InputError(source, f"not valid JSON ({where})") from None
-    if not isinstance(value, list):
-        return [("", value)]
-    if not value:
-        raise InputError(source, f"an empty JSON array, no conversations; {FORMATS_EXPECTED}")
-    return [(f"conversation {number}: ", item) for number, item in enumerate(value, 1)]
-
-
-def _is_json_lines(text: str, error: json.JSONDecodeError) -> bool:
-    """A complete JSON value on the first line, followed by more: one record per line."""
-    if error.msg != "Extra data":
-        return False
-    first_line = next(line for line in text.split("\n") if line.strip())
-    try:
-        json.loads(first_line)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _parse_json_lines(text: str, source: str) -> list[tuple[str, Any]]:
-    records = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((f"line {number}: ", json.loads(line)))
-        except json.JSONDecodeError as error:
-            where = f"column {error.colno}: {error.msg}"
-            raise InputError(source, f"line {number}: not valid JSON ({where})") from None
-    return records
-
-
-def _conversation_from(value: Any) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+def _conversation_from(value: Any, options: ReadOptions) -> tuple[list[dict[str, str]], bool]:
+    """The record's messages with text (empty ones dropped) and whether it is our format."""
     if not isinstance(value, dict):
         raise _Problem(f"a JSON {_json_type(value)}; {FORMATS_EXPECTED}")
-    for input_format in _FORMATS:
-        if input_format.messages_key in value:
-            messages = _messages(value[input_format.messages_key], input_format)
-            return messages, value if input_format is _OURS else None
-    raise _Problem(f"not a recognised conversation; {FORMATS_EXPECTED}")
-
-
-def _messages(raw: Any, input_format: _Format) -> list[dict[str, str]]:
-    """The non-empty messages; empty ones are dropped as long as one remains."""
+    key = next((key for key in _MESSAGE_KEYS if key in value), None)
+    if key is None:
+        raise _Problem(f"not a recognised conversation; {FORMATS_EXPECTED}")
+    raw = value[key]
     if not isinstance(raw, list):
-        key = input_format.messages_key
         raise _Problem(f"{key!r} is a JSON {_json_type(raw)}, expected a list of messages")
-    if not raw:
-        raise _Problem("no messages")
-    messages = [_message(item, index, input_format) for index, item in enumerate(raw)]
-    kept = [message for message in messages if message["content"].strip()]
-    if not kept:
-        raise _Problem("all messages are empty")
-    return kept
+    messages = [_message(item, index, options) for index, item in enumerate(raw)]
+    return [m for m in messages if m["content"].strip()], key == "conversation"
 
 
-def _message(item: Any, index: int, input_format: _Format) -> dict[str, str]:
+def _message(item: Any, index: int, options: ReadOptions) -> dict[str, str]:
     if not isinstance(item, dict):
         raise _Problem(f"message at index {index} is a JSON {_json_type(item)}, not an object")
-    for key in (input_format.role_key, input_format.content_key):
+    role_key = "from" if "from" in item else "role"
+    content_key = "value" if "value" in item else "content"
+    for key in (role_key, content_key):
         if key not in item:
             raise _Problem(f"message at index {index} has no {key!r}")
-    speaker = item[input_format.role_key]
-    role = input_format.roles.get(speaker) if isinstance(speaker, str) else None
-    if role is None:
-        expected = ", ".join(input_format.roles)
-        raise _Problem(
-            f"message at index {index} has unknown role {speaker!r} (expected {expected})"
-        )
-    content = item[input_format.content_key]
-    if input_format.content_parts and isinstance(content, list):
+    role = _role(item[role_key], index, options)
+    content = item[content_key]
+    if content is None:
+        content = ""
+    if isinstance(content, list):
         content = _joined_text_parts(content, index)
     if not isinstance(content, str):
         kind = _json_type(content)
-        key = input_format.content_key
-        raise _Problem(f"message at index {index}: {key!r} is a JSON {kind}, not a string")
+        raise _Problem(f"message at index {index}: {content_key!r} is a JSON {kind}, not a string")
     return {"role": role, "content": content}
 
 
+def _role(speaker: Any, index: int, options: ReadOptions) -> str:
+    if isinstance(speaker, str):
+        name = speaker.strip().lower()
+        role = options.role_map.get(name) or ROLE_ALIASES.get(name)
+        if role is not None:
+            return role
+        hint = f"; add --role-map {name or repr(speaker)}=ROLE (ROLE: {', '.join(ROLES)})"
+    else:
+        hint = ""
+    raise _Problem(f"message at index {index} has unknown role {speaker!r}{hint}")
+
+
 def _joined_text_parts(parts: list[Any], index: int) -> str:
-    """The texts of the {"type": "text"} parts; other parts (images, audio) carry no text."""
+    """The texts of the text parts; other parts (images, audio) carry no text."""
     texts = []
     for part_index, part in enumerate(parts):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
         if not isinstance(part, dict) or "type" not in part:
             raise _Problem(f"message at index {index}: content part {part_index} has no 'type'")
-        if part["type"] != "text":
+        if part["type"] not in _TEXT_PART_TYPES:
             continue
         if not isinstance(part.get("text"), str):
             raise _Problem(f"message at index {index}: text part {part_index} has no string 'text'")

@@ -1,35 +1,154 @@
-"""Distilling conversations into files: one saved conversation, or every conversation of the
-files ``distill`` is given."""
+"""Distilling conversations: one saved conversation (``run``), or every record of the files
+``distill`` is given, read one at a time and distilled ``-j`` at once into files or JSON Lines."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 
 from graph_distill.context import DistillContext
 from graph_distill.distill.graph import distill_graph
-from graph_distill.files.readers import SourceConversation, read_conversations
-from graph_distill.files.writing import distilled_file, write_json_atomic
-from graph_distill.llm.models import model_name
-from graph_distill.run.ledger import (
-    MIMO_V2_FLASH_PRICES,
-    CostLedger,
-    Prices,
+from graph_distill.files.outputs import (
+    JsonlOutput,
+    OutputMismatch,
+    OutputNames,
+    setting_differences,
 )
-from graph_distill.run.progress import Reporter
+from graph_distill.files.readers import (
+    BadRecord,
+    EmptyRecord,
+    InputError,
+    ReadOptions,
+    SourceConversation,
+    read_records,
+)
+from graph_distill.files.streams import ReaderUnavailable, count_records, require_reader
+from graph_distill.files.writing import distilled_file, distilled_path, write_json_atomic
+from graph_distill.llm.models import model_name
+from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices, format_duration
+from graph_distill.run.ledger import format_usd as usd
+from graph_distill.run.progress import ALREADY_DONE, RecordReporter, Reporter
 from graph_distill.run.summary import (
     RETRY_HINT,
+    FatalRunError,
     Graph,
     RunSummary,
-    gather_or_abort,
+    cancel_all,
     record_failure,
     reported,
     stop_on_write_error,
 )
+
+EMPTY = "no message has text"
+# Which model wrote the notes: a name, None when unknown (a server's own), True: the context's.
+ModelOf = str | Literal[True] | None
+DEFAULT_OUTPUT_DIR = Path("distilled")
+
+
+def distill_settings(ctx: DistillContext, model: ModelOf = True) -> dict[str, Any]:
+    """The settings a distilled record depends on, recorded in its metadata (a re-run
+    compares them); ``model`` None when unknown (a server's own), True for the context's."""
+    return {
+        "model": model_name(ctx, "distill") if model is True else model,
+        "split_method": ctx.split_method,
+        "max_tokens": ctx.max_tokens,
+        "overlap_tokens": ctx.token_overlap(),
+        "max_turns": ctx.max_turns,
+        "overlap_turns": ctx.turn_overlap(),
+    }
+
+
+def distilled_data(
+    source: Any, result: Mapping[str, Any], ctx: DistillContext, model: ModelOf
+) -> dict[str, Any]:
+    """The distilled record of a distill graph's ``result``."""
+    return distilled_file(
+        source=source,
+        distilled_chunks=result["distilled_chunks"],
+        final_summary=result["final_summary"],
+        final_notes=result.get("final_notes"),
+        metadata={**distill_settings(ctx, model), "usage": result["distill_usage"]},
+    )
+
+
+def has_notes(data: Mapping[str, Any]) -> bool:
+    """Whether some chunk of a distilled record got notes (else it is to be redone)."""
+    chunks = data.get("distilled_chunks") or []
+    return not chunks or any(chunk.get("status") != "raw" for chunk in chunks)
+
+
+def count_distilled(
+    data: Mapping[str, Any], where: str, name: str, summary: RunSummary, reporter: Reporter
+) -> bool:
+    """Count a written record; True when it has notes. One whose every chunk was kept raw is
+    written too (its summary comes from the raw text) but counts as a failure, so that the
+    next run redoes it."""
+    raw = sum(chunk.get("status") == "raw" for chunk in data.get("distilled_chunks") or [])
+    summary.raw_chunks += raw
+    if not has_notes(data):
+        reason = f"no chunk got usable notes ({raw} kept raw); written to {where}, redone next time"
+        summary.failures.append((name, reason))
+        reporter.failed(name, reason)
+        return False
+    summary.distilled.append(Path(where))
+    reporter.distilled(name, where)
+    return True
+
+
+def save_distilled(
+    source: Any,
+    out_path: Path,
+    result: Mapping[str, Any],
+    ctx: DistillContext,
+    summary: RunSummary,
+    reporter: Reporter,
+    hint: str,
+    *,
+    model: ModelOf = True,
+    label: str | None = None,
+) -> bool:
+    """Write a distill graph's ``result`` to ``out_path``; True when it has notes."""
+    data = distilled_data(source, result, ctx, model)
+    with stop_on_write_error(out_path.parent, hint):
+        write_json_atomic(out_path, data)
+    name = label or (source if isinstance(source, str) else str(out_path))
+    return count_distilled(data, str(out_path), name, summary, reporter)
+
+
+async def distill_record(
+    source: SourceConversation,
+    ctx: DistillContext,
+    concurrency: int,
+    reporter: Reporter,
+    summary: RunSummary,
+    *,
+    graph: Graph = distill_graph,
+    thread_id: str | None = None,
+) -> dict[str, Any] | None:
+    """The distilled record of one conversation; None when it failed (recorded, not raised).
+    With a ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut
+    short goes on where it stopped: chunks already distilled are not asked again."""
+    config: RunnableConfig = {
+        "max_concurrency": concurrency,
+        "callbacks": [summary.ledger.callback("distillation")],
+    }
+    inputs: dict[str, Any] | None = {"conversation": source.messages}
+    if thread_id is not None:
+        config["configurable"] = {"thread_id": thread_id}
+        if (await graph.aget_state(config)).created_at is not None:
+            inputs = None
+    try:
+        result = await graph.ainvoke(inputs, config, context=ctx)
+    except Exception as error:
+        record_failure(summary, reporter, source.source, error)
+        return None
+    return distilled_data(source.source_value, result, ctx, True)
 
 
 async def distill_source(
@@ -44,130 +163,262 @@ async def distill_source(
     thread_id: str | None = None,
     retry_hint: str = RETRY_HINT,
 ) -> bool:
-    """Distill one conversation into ``out_path``; failures are recorded, not raised. With a
-    ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut short goes
-    on where it stopped: chunks already distilled are not asked again. True when written."""
-    config: RunnableConfig = {
-        "max_concurrency": concurrency,
-        "callbacks": [summary.ledger.callback("distillation")],
-    }
-    inputs: dict[str, Any] | None = {"conversation": source.messages}
-    if thread_id is not None:
-        config["configurable"] = {"thread_id": thread_id}
-        if (await graph.aget_state(config)).created_at is not None:
-            inputs = None
-    try:
-        result = await graph.ainvoke(inputs, config, context=ctx)
-    except Exception as error:
-        record_failure(summary, reporter, source.source, error)
+    """Distill one conversation into ``out_path`` (see distill_record); True when written."""
+    data = await distill_record(
+        source, ctx, concurrency, reporter, summary, graph=graph, thread_id=thread_id
+    )
+    if data is None:
         return False
-    model = model_name(ctx, "distill")
-    return save_distilled(
-        source.source, out_path, result, ctx, summary, reporter, retry_hint, model=model
-    )
-
-
-def distilled_metadata(ctx: DistillContext, usage: Any, model: str | None) -> dict[str, Any]:
-    """The settings a distilled file was made with (a re-run compares them) and its usage."""
-    return {
-        "model": model,
-        "split_method": ctx.split_method,
-        "max_tokens": ctx.max_tokens,
-        "overlap_tokens": ctx.token_overlap(),
-        "max_turns": ctx.max_turns,
-        "overlap_turns": ctx.turn_overlap(),
-        "usage": usage,
-    }
-
-
-def save_distilled(
-    source: Any,
-    out_path: Path,
-    result: dict[str, Any],
-    ctx: DistillContext,
-    summary: RunSummary,
-    reporter: Reporter,
-    hint: str,
-    *,
-    label: str | None = None,
-    model: str | bool | None = True,
-) -> bool:
-    """Write a distill graph's ``result`` to ``out_path``. True when its notes are usable; a
-    result whose every chunk was kept raw is written too, but counted as a failure (the
-    summary then comes from the raw text) so that the next run redoes it. ``model``: the model
-    that wrote the notes (None: unknown, a server's own)."""
-    data = distilled_file(
-        source=source,
-        distilled_chunks=result["distilled_chunks"],
-        final_summary=result["final_summary"],
-        final_notes=result.get("final_notes"),
-        metadata=distilled_metadata(ctx, result["distill_usage"], model),
-    )
-    with stop_on_write_error(out_path.parent, hint):
+    with stop_on_write_error(out_path.parent, retry_hint):
         write_json_atomic(out_path, data)
-    chunks = result["distilled_chunks"]
-    raw = sum(chunk.get("status") == "raw" for chunk in chunks)
-    summary.raw_chunks += raw
-    name = label or (source if isinstance(source, str) else str(out_path))
-    if chunks and raw == len(chunks):
-        reason = (
-            f"no chunk got usable notes ({raw} kept raw); written to {out_path}, redone next time"
+    return count_distilled(data, str(out_path), source.source, summary, reporter)
+
+
+@dataclass(frozen=True)
+class DistillTarget:
+    """``-o``: a JSON Lines file (``.jsonl``), one file for a single conversation (``.json``
+    without ``-b``) or a directory (default ``./distilled``)."""
+
+    output: Path | None
+    batch: bool
+
+    @property
+    def jsonl(self) -> bool:
+        return self.output is not None and self.output.suffix.lower() == ".jsonl"
+
+    @property
+    def single_file(self) -> bool:
+        return self.output is not None and not self.batch and self.output.suffix == ".json"
+
+    @property
+    def directory(self) -> Path:
+        if self.output is None or self.jsonl or self.single_file:
+            return DEFAULT_OUTPUT_DIR
+        return self.output
+
+    @property
+    def report_dir(self) -> Path:
+        """Where ``run_report.json`` goes: beside the output file, or in the directory."""
+        if self.output is not None and (self.jsonl or self.single_file):
+            return self.output.parent
+        return self.directory
+
+
+class _Tally(Sequence[Path]):
+    """A count standing where a list of paths is expected, so 100k records keep no list."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def append(self, _item: Path | None) -> None:
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: Any) -> Any:
+        raise IndexError(index)
+
+
+@dataclass
+class DistillSummary(RunSummary):
+    distilled: _Tally = field(default_factory=_Tally)  # type: ignore[assignment]
+    skipped: _Tally = field(default_factory=_Tally)  # type: ignore[assignment]
+    empty: int = 0
+    redone: int = 0
+
+    def closing_line(self) -> str:
+        total = self.ledger.total()
+        redone = f" ({self.redone} redone: made with other settings)" if self.redone else ""
+        return (
+            f"{len(self.distilled):,} record(s) distilled{redone}, "
+            f"{len(self.skipped):,} skipped ({ALREADY_DONE}), {self.empty:,} skipped (empty), "
+            f"{len(self.failures):,} failed; {total.usage['calls']:,} model calls, "
+            f"est. {usd(total.cost_usd)}; {format_duration(total.wall_seconds or 0.0)}"
         )
-        summary.failures.append((name, reason))
-        reporter.failed(name, reason)
-        return False
-    summary.distilled.append(out_path)
-    reporter.distilled(name, str(out_path))
-    return True
 
 
-def read_sources(
-    inputs: Sequence[Path], summary: RunSummary, reporter: Reporter
-) -> list[SourceConversation]:
-    """Every conversation of ``inputs``; a file that cannot be read is a failure of its own."""
-    sources: list[SourceConversation] = []
+# Who distills a record: its distilled data, or None when that failed (recorded, not raised).
+Producer = Callable[[SourceConversation, RunSummary, Reporter], Awaitable[dict[str, Any] | None]]
+
+
+def local_producer(ctx: DistillContext, concurrency: int) -> Producer:
+    """Records distilled by the distill graph in this process."""
+
+    async def produce(
+        record: SourceConversation, summary: RunSummary, reporter: Reporter
+    ) -> dict[str, Any] | None:
+        return await distill_record(record, ctx, concurrency, reporter, summary)
+
+    return produce
+
+
+class _Job:
+    """What ``distill`` does with each record; it holds only the records being worked on."""
+
+    def __init__(
+        self,
+        target: DistillTarget,
+        settings: dict[str, Any],
+        produce: Producer,
+        force: bool,
+        reporter: RecordReporter,
+        summary: DistillSummary,
+    ) -> None:
+        self.target, self.produce, self.force = target, produce, force
+        self.reporter, self.summary = reporter, summary
+        self.settings = settings
+        self.names = OutputNames(target.directory)
+        self.sink: JsonlOutput | None = None
+        if target.jsonl and target.output is not None:
+            try:
+                self.sink = JsonlOutput(target.output, self.settings, force=force)
+            except OutputMismatch as error:
+                raise FatalRunError(str(error)) from None
+            if self.sink.repaired:
+                reporter.note(f"{target.output}: dropped an unfinished last line")
+
+    def work(self, record: SourceConversation | EmptyRecord | BadRecord) -> Coroutine | None:
+        """The distillation to run for ``record``, or None when it is settled now."""
+        if isinstance(record, BadRecord):
+            self.summary.failures.append((record.source, record.problem))
+            self.reporter.failed(record.source, record.problem)
+            return None
+        if isinstance(record, EmptyRecord):
+            self.summary.empty += 1
+            self.reporter.skipped(record.source, EMPTY)
+            return None
+        if self.sink is not None:
+            if self.sink.holds(record.source_value):
+                return self._skip(record)
+            return self._to_jsonl(record, self.sink)
+        out_path = self._out_path(record)
+        if out_path.exists() and not self.force and self._made_alike(out_path):
+            return self._skip(record)
+        return self._to_file(record, out_path)
+
+    def _skip(self, record: SourceConversation) -> None:
+        self.summary.skipped.append(None)
+        self.reporter.skipped(record.source, ALREADY_DONE)
+
+    def _out_path(self, record: SourceConversation) -> Path:
+        if self.target.single_file and record.whole_file and self.target.output is not None:
+            return self.target.output
+        if record.whole_file and record.origin is None:
+            return distilled_path(self.target.directory, record.stem)
+        return self.names.claim(record.stem, record.origin)
+
+    def _made_alike(self, out_path: Path) -> bool:
+        """Whether ``out_path`` holds notes made with these settings (else: redo it)."""
+        try:
+            data = json.loads(out_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        found = data.get("metadata") if isinstance(data, dict) else None
+        if not isinstance(found, dict) or not has_notes(data):
+            return False
+        differences = setting_differences(found, self.settings)
+        if differences:
+            self.summary.redone += 1
+            self.reporter.note(f"redoing {out_path}: made with other settings ({differences[0]})")
+        return not differences
+
+    async def _to_file(self, record: SourceConversation, out_path: Path) -> None:
+        data = await self.produce(record, self.summary, self.reporter)
+        if data is None:
+            return
+        with stop_on_write_error(out_path.parent, RETRY_HINT):
+            write_json_atomic(out_path, data)
+        count_distilled(data, str(out_path), record.source, self.summary, self.reporter)
+
+    async def _to_jsonl(self, record: SourceConversation, sink: JsonlOutput) -> None:
+        data = await self.produce(record, self.summary, self.reporter)
+        if data is None:
+            return
+        if has_notes(data):  # a record with no notes stays out, so that a re-run redoes it
+            with stop_on_write_error(sink.path.parent, RETRY_HINT):
+                sink.append(data)
+        count_distilled(data, str(sink.path), record.source, self.summary, self.reporter)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+
+def _records(
+    inputs: Sequence[Path], options: ReadOptions, job: _Job
+) -> Iterator[SourceConversation | EmptyRecord | BadRecord]:
     for path in inputs:
         try:
-            sources.extend(read_conversations(path))
-        except ValueError as error:
-            summary.failures.append((str(path), str(error)))
-            reporter.failed(str(path), str(error))
-    return sources
+            yield from read_records(path, options)
+        except InputError as error:
+            job.summary.failures.append((error.path, error.problem))
+            job.reporter.failed(error.path, error.problem)
+
+
+async def _pump(works: Iterator[Coroutine | None], concurrency: int) -> None:
+    """Run the works ``concurrency`` at once, pulling the next only when one ends."""
+    pending: set[asyncio.Future[Any]] = set()
+    try:
+        for work in works:
+            if work is None:
+                continue
+            while len(pending) >= concurrency:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            pending.add(asyncio.ensure_future(work))
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+    finally:
+        await cancel_all(list(pending))
+
+
+def _total(inputs: Sequence[Path]) -> int | None:
+    counts = [count_records(path) for path in inputs]
+    return None if None in counts else sum(c for c in counts if c is not None)
 
 
 async def distill_inputs(
     inputs: Sequence[Path],
-    out_for: Callable[[SourceConversation], Path],
+    target: DistillTarget,
     ctx: DistillContext,
     *,
     concurrency: int,
     force: bool,
-    reporter: Reporter,
+    reporter: RecordReporter,
+    read_options: ReadOptions | None = None,
     prices: Prices = MIMO_V2_FLASH_PRICES,
-    report_dir: Path | None = None,
-) -> RunSummary:
-    """Distill every conversation in ``inputs`` (files in parallel, ``concurrency`` at once);
-    with a ``report_dir``, its calls, tokens and cost go to ``run_report.json`` there."""
-    summary = RunSummary(ledger=CostLedger(prices))
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(source: SourceConversation) -> None:
-        out_path = out_for(source)
-        if out_path.exists() and not force:
-            summary.skipped.append(out_path)
-            return
-        async with gate:
-            await distill_source(source, out_path, ctx, concurrency, reporter, summary)
-
-    sources = read_sources(inputs, summary, reporter)
-    if report_dir is None:
-        await gather_or_abort([one(s) for s in sources])
-        return summary
-    settings = {
+    produce: Producer | None = None,
+    model: ModelOf = True,
+    report_settings: Mapping[str, Any] | None = None,
+) -> DistillSummary:
+    """Distill every record of ``inputs``, ``concurrency`` at once, with at most about that
+    many records in memory (by ``produce``, default the distill graph here, made with
+    ``model``); calls, tokens and cost go to ``run_report.json`` in the target's report
+    directory. FatalRunError (one line) when the work cannot start."""
+    for path in inputs:
+        try:
+            require_reader(path)
+        except ReaderUnavailable as error:
+            raise FatalRunError(str(error)) from None
+    summary = DistillSummary(ledger=CostLedger(prices))
+    produce = produce or local_producer(ctx, concurrency)
+    job = _Job(target, distill_settings(ctx, model), produce, force, reporter, summary)
+    reporter.begin(_total(inputs))
+    settings: Mapping[str, Any] = {
         "inputs": [str(Path(path).absolute()) for path in inputs],
+        "output": str(target.output) if target.output else str(target.directory),
         "concurrency": concurrency,
         "force": force,
+        **(report_settings or {}),
     }
-    with reported(summary, report_dir, ctx, settings, RETRY_HINT):
-        await gather_or_abort([one(s) for s in sources])
+    works = (job.work(record) for record in _records(inputs, read_options or ReadOptions(), job))
+    try:
+        with reported(summary, target.report_dir, ctx, dict(settings), RETRY_HINT):
+            await _pump(works, concurrency)
+    finally:
+        job.close()
     return summary

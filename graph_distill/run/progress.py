@@ -33,3 +33,16 @@ class Reporter:
     def note(self, text: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+# Why a record was passed over when an earlier run distilled it.
+ALREADY_DONE = "already distilled"
+
+
+class RecordReporter(Reporter):
+    """What ``distill`` tells as it works through records (silent: ``-q``)."""
+
+    def begin(self, total: int | None) -> None:
+        """How many records there are (None: not known before reading them all)."""
+
+    def skipped(self, label: str, reason: str) -> None: ...

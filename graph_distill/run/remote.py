@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,16 @@ from graph_distill.context import (
 )
 from graph_distill.conversation.graph import recursion_limit
 from graph_distill.conversation.scenarios import pick_scenario
-from graph_distill.files.readers import SourceConversation
+from graph_distill.files.readers import ReadOptions, SourceConversation
 from graph_distill.files.writing import distilled_path
 from graph_distill.llm.settings import MIMO_BASE_URL
-from graph_distill.run.distilling import read_sources, save_distilled
+from graph_distill.run.distilling import (
+    DistillTarget,
+    Producer,
+    distill_inputs,
+    distilled_data,
+    save_distilled,
+)
 from graph_distill.run.generation import (
     RunPlan,
     conversation_seed,
@@ -52,11 +58,10 @@ from graph_distill.run.ledger import (
     prices_with,
 )
 from graph_distill.run.lock import hold_run
-from graph_distill.run.progress import Reporter
+from graph_distill.run.progress import RecordReporter, Reporter
 from graph_distill.run.store import ItemStatus, RunItem, RunManifest, new_run_id, open_store
 from graph_distill.run.summary import (
     RESUME_HINT,
-    RETRY_HINT,
     RunSummary,
     gather_or_abort,
     reported,
@@ -402,60 +407,59 @@ class RemoteDistill:
     prices: Prices = MIMO_V2_FLASH_PRICES
 
 
-async def distill_on_server(
-    remote: RemoteDistill,
-    inputs: Sequence[Path],
-    out_for: Callable[[SourceConversation], Path],
-    reporter: Reporter,
-    report_dir: Path,
-) -> RunSummary:
-    """``distill`` with each conversation distilled by a run of the server's distill graph."""
-    client = remote.server.client()
-    await check_server(remote.server, client, "distill")
-    summary = RunSummary(ledger=CostLedger(remote.prices))
-    gate = asyncio.Semaphore(remote.concurrency)
+def server_producer(remote: RemoteDistill, client: LangGraphClient) -> Producer:
+    """Records distilled by runs of the server's distill graph, one thread per record (its id
+    derived from the record and the settings, so a re-run finds it again)."""
     context = server_context(remote.ctx, remote.given, DistillContext)
     config = {"max_concurrency": remote.concurrency}
     model = given_model(remote.ctx, remote.given, "distill")
 
-    async def one(source: SourceConversation) -> None:
-        out_path = out_for(source)
-        if out_path.exists() and not remote.force:
-            summary.skipped.append(out_path)
-            return
-        thread = thread_id(
-            "distill", str(Path(out_path).absolute()), _digest(source.messages), context
-        )
-        async with gate:
-            started = summary.ledger.now()
-            try:
-                output = await thread_output(
-                    client,
-                    "distill",
-                    thread,
-                    {"conversation": source.messages},
-                    context=context,
-                    config=config,
-                )
-            except (RunFailed, *SERVER_ERRORS) as error:
-                record_server_failure(summary, reporter, remote.server, source.source, error)
-                return
+    async def produce(
+        record: SourceConversation, summary: RunSummary, reporter: Reporter
+    ) -> dict[str, Any] | None:
+        thread = thread_id("distill", record.source_value, _digest(record.messages), context)
+        started = summary.ledger.now()
+        try:
+            output = await thread_output(
+                client,
+                "distill",
+                thread,
+                {"conversation": record.messages},
+                context=context,
+                config=config,
+            )
+        except (RunFailed, *SERVER_ERRORS) as error:
+            record_server_failure(summary, reporter, remote.server, record.source, error)
+            return None
         summary.ledger.record("distillation", output["distill_usage"], started)
-        save_distilled(
-            source.source, out_path, output, remote.ctx, summary, reporter, RETRY_HINT, model=model
-        )
+        return distilled_data(record.source_value, output, remote.ctx, model)
 
-    sources = read_sources(inputs, summary, reporter)
-    settings = {
-        "inputs": [str(Path(path).absolute()) for path in inputs],
-        "concurrency": remote.concurrency,
-        "force": remote.force,
-        "server": remote.server.url,
-        **_model_report(remote.ctx, remote.given),
-    }
-    with reported(summary, report_dir, remote.ctx, settings, RETRY_HINT):
-        await gather_or_abort([one(s) for s in sources])
-    return summary
+    return produce
+
+
+async def distill_on_server(
+    remote: RemoteDistill,
+    inputs: Sequence[Path],
+    target: DistillTarget,
+    read_options: ReadOptions,
+    reporter: RecordReporter,
+) -> RunSummary:
+    """``distill`` with each record distilled by a run of the server's distill graph."""
+    client = remote.server.client()
+    await check_server(remote.server, client, "distill")
+    return await distill_inputs(
+        inputs,
+        target,
+        remote.ctx,
+        concurrency=remote.concurrency,
+        force=remote.force,
+        reporter=reporter,
+        read_options=read_options,
+        prices=remote.prices,
+        produce=server_producer(remote, client),
+        model=given_model(remote.ctx, remote.given, "distill"),
+        report_settings={"server": remote.server.url, **_model_report(remote.ctx, remote.given)},
+    )
 
 
 def _digest(messages: Sequence[Mapping[str, Any]]) -> str:

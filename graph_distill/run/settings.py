@@ -128,6 +128,25 @@ class GenerationSettings(RunSettings):
     )
 
 
+@dataclass(kw_only=True)
+class DatasetSettings(RunSettings):
+    """Settings of ``distill``."""
+
+    role_map: tuple[str, ...] = setting(
+        (),
+        "Read speaker FROM as TO (user, assistant, system or tool), as FROM=TO; repeatable.",
+        flag="--role-map",
+    )
+    id_field: str | None = setting(
+        None,
+        "The record key holding its id (default: id, then conversation_id).",
+        flag="--id-field",
+    )
+    force: bool = setting(
+        False, "Redo records already distilled (a .jsonl output is rewritten).", flag="--force"
+    )
+
+
 def resume_settings(context: Any, run: GenerationSettings, **derived: Any) -> dict[str, Any]:
     """What a resumed run must share with the run it finishes: every setting declared with
     ``resume=True`` (distillation's only when the run distills), plus ``derived`` values (such

@@ -104,7 +104,7 @@ def test_batch_with_bad_files_goes_on_and_exits_1(tmp_path: Path) -> None:
     ] * 2
     write(inputs / "many.jsonl", "\n".join(json.dumps(c) for c in sharegpt))
     write(inputs / "broken.json", "{not json")
-    write(inputs / "roles.json", {"messages": [{"role": "tool", "content": "x"}]})
+    write(inputs / "roles.json", {"messages": [{"role": "narrator", "content": "x"}]})
     (inputs / "latin1.json").write_bytes('{"messages": "caf\xe9"}'.encode("latin-1"))
     out = tmp_path / "out"
     with FakeOpenAIServer() as server:
@@ -112,14 +112,15 @@ def test_batch_with_bad_files_goes_on_and_exits_1(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     written = sorted(p.name for p in json_files(out))
-    assert written == ["distilled_good.json", "distilled_many_1.json", "distilled_many_2.json"]
+    assert written == ["distilled_good.json", "distilled_many_0.json", "distilled_many_1.json"]
     for bad, problem in (
         ("broken.json", "not valid JSON"),
         ("roles.json", "unknown role"),
         ("latin1.json", "not UTF-8"),
     ):
         assert bad in result.output and problem in result.output
-    assert "3 failure(s)" in result.output
+    assert "3 failed" in result.output
+    assert f"{inputs / 'broken.json'}: {inputs / 'broken.json'}" not in result.output
 
 
 def test_existing_outputs_are_skipped_unless_forced(tmp_path: Path) -> None:

@@ -10,10 +10,16 @@ from typing import Any
 import pytest
 
 from graph_distill.files.readers import (
+    ROLE_ALIASES,
+    BadRecord,
+    EmptyRecord,
     InputError,
+    ReadOptions,
     SourceConversation,
     find_inputs,
+    parse_role_map,
     read_conversations,
+    read_records,
 )
 from graph_distill.files.writing import (
     conversation_file,
@@ -52,15 +58,25 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+def records(path: Path, **options: Any) -> list[Any]:
+    return list(read_records(path, ReadOptions(**options)))
+
+
 def input_error(path: Path, problem_part: str) -> InputError:
     with pytest.raises(InputError) as caught:
-        read_conversations(path)
+        records(path)
     error = caught.value
     assert str(error) == f"{path}: {error.problem}"
     assert "\n" not in str(error)
     assert error.path == str(path)
     assert problem_part in error.problem, error.problem
     return error
+
+
+def bad_record(path: Path, **options: Any) -> BadRecord:
+    [record] = [r for r in records(path, **options) if isinstance(r, BadRecord)]
+    assert "\n" not in record.problem
+    return record
 
 
 def files_in(directory: Path) -> list[str]:
@@ -74,27 +90,37 @@ def files_in(directory: Path) -> list[str]:
 def test_single_json_object(tmp_path: Path, record: dict[str, Any], is_ours: bool) -> None:
     path = write_text(tmp_path / "chat.json", json.dumps(record))
     [conversation] = read_conversations(path)
+    origin = None if is_ours else {"path": str(path), "index": 0, "id": None}
     assert conversation == SourceConversation(
-        source=str(path), stem="chat", messages=EXPECTED_MESSAGES, record=OURS if is_ours else None
+        source=str(path),
+        stem="chat",
+        messages=EXPECTED_MESSAGES,
+        record=OURS if is_ours else None,
+        origin=origin,
     )
+    assert conversation.source_value == (str(path) if is_ours else origin)
 
 
 @pytest.mark.parametrize("record", [OURS, SHAREGPT, OPENAI])
-def test_json_list_numbers_sources_and_stems(tmp_path: Path, record: dict[str, Any]) -> None:
+def test_json_list_names_records_by_index(tmp_path: Path, record: dict[str, Any]) -> None:
     path = write_text(tmp_path / "many.json", json.dumps([record] * 10))
     conversations = read_conversations(path)
-    assert [c.source for c in conversations] == [f"{path}#{n}" for n in range(1, 11)]
-    assert [c.stem for c in conversations] == [f"many_{n:02d}" for n in range(1, 11)]
+    assert [c.source for c in conversations] == [f"{path} record {n}" for n in range(10)]
+    assert [c.stem for c in conversations] == [f"many_{n}" for n in range(10)]
+    assert [c.origin for c in conversations] == [
+        {"path": str(path), "index": n, "id": None} for n in range(10)
+    ]
+    assert not any(c.whole_file for c in conversations)
     assert all(c.messages == EXPECTED_MESSAGES for c in conversations)
 
 
 @pytest.mark.parametrize("record", [OURS, SHAREGPT, OPENAI])
 def test_json_lines_with_blank_lines(tmp_path: Path, record: dict[str, Any]) -> None:
     line = json.dumps(record)
-    path = write_text(tmp_path / "lines.jsonl", f"{line}\n\n{line}\r\n{line}\n\n")
+    path = write_text(tmp_path / "lines.jsonl", f"\n{line}\n\n{line}\r\n{line}\n\n")
     conversations = read_conversations(path)
-    assert [c.stem for c in conversations] == ["lines_1", "lines_2", "lines_3"]
-    assert [c.source for c in conversations] == [f"{path}#{n}" for n in (1, 2, 3)]
+    assert [c.stem for c in conversations] == ["lines_0", "lines_1", "lines_2"]
+    assert [c.source for c in conversations] == [f"{path} line {n}" for n in (2, 4, 5)]
     assert all(c.messages == EXPECTED_MESSAGES for c in conversations)
     assert all(c.record == (record if record is OURS else None) for c in conversations)
 
@@ -108,16 +134,20 @@ def test_formats_may_be_mixed_in_one_list(tmp_path: Path) -> None:
 
 def test_detection_is_by_content_not_suffix(tmp_path: Path) -> None:
     lines = write_text(tmp_path / "lines.json", f"{json.dumps(OPENAI)}\n{json.dumps(SHAREGPT)}\n")
-    assert [c.stem for c in read_conversations(lines)] == ["lines_1", "lines_2"]
+    assert [c.stem for c in read_conversations(lines)] == ["lines_0", "lines_1"]
     pretty = write_text(tmp_path / "pretty.jsonl", json.dumps(OURS, indent=2))
     [conversation] = read_conversations(pretty)
     assert (conversation.stem, conversation.source) == ("pretty", str(pretty))
 
 
-def test_single_element_list_is_not_numbered(tmp_path: Path) -> None:
+def test_single_element_list_keeps_the_file_name(tmp_path: Path) -> None:
     path = write_text(tmp_path / "one.json", json.dumps([OPENAI]))
     [conversation] = read_conversations(path)
-    assert (conversation.source, conversation.stem) == (str(path), "one")
+    assert (conversation.source, conversation.stem, conversation.whole_file) == (
+        str(path),
+        "one",
+        True,
+    )
 
 
 def test_original_format_record_is_kept_whole(tmp_path: Path) -> None:
@@ -125,32 +155,114 @@ def test_original_format_record_is_kept_whole(tmp_path: Path) -> None:
     path = write_text(tmp_path / "x.json", json.dumps(record, ensure_ascii=False))
     [conversation] = read_conversations(path)
     assert conversation.record == record
+    assert (conversation.source_value, conversation.stem) == (str(path), "x")
 
 
-def test_sharegpt_role_mapping_accepts_user_and_assistant_spellings(tmp_path: Path) -> None:
+# ids
+
+
+def test_ids_name_records_and_go_into_their_origin(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a/1", **SHAREGPT},
+        {"conversation_id": 7, **OPENAI},
+        {"key": "k", **OPENAI},
+        {"id": "", **OPENAI},
+    ]
+    path = write_text(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in rows))
+    conversations = read_conversations(path)
+    assert [c.stem for c in conversations] == ["a/1", "7", "d_2", "d_3"]
+    assert [c.origin["id"] for c in conversations if c.origin] == ["a/1", "7", None, None]
+    assert conversations[0].source == f"{path} line 1 (id a/1)"
+    named = records(path, id_field="key")
+    assert [r.origin["id"] for r in named] == [None, None, "k", None]
+
+
+def test_a_single_record_with_an_id_is_named_by_it(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "one.json", json.dumps({"id": "x9", **SHAREGPT}))
+    [conversation] = read_conversations(path)
+    assert (conversation.stem, conversation.origin) == (
+        "x9",
+        {"path": str(path), "index": 0, "id": "x9"},
+    )
+
+
+# roles
+
+
+@pytest.mark.parametrize(("speaker", "role"), sorted(ROLE_ALIASES.items()))
+def test_every_alias(tmp_path: Path, speaker: str, role: str) -> None:
+    record = {"conversations": [{"from": speaker.upper(), "value": "text"}]}
+    [conversation] = read_conversations(write_text(tmp_path / "a.json", json.dumps(record)))
+    assert conversation.messages == [{"role": role, "content": "text"}]
+
+
+def test_system_and_tool_messages_are_kept_in_place(tmp_path: Path) -> None:
     record = {
         "conversations": [
-            {"from": "user", "value": "a"},
-            {"from": "assistant", "value": "b"},
-            {"from": "human", "value": "c"},
-            {"from": "gpt", "value": "d"},
+            {"from": "system", "value": "s"},
+            {"from": "gpt", "value": "starts on the assistant"},
+            {"from": "function", "value": "f"},
+            {"from": "observation", "value": "o"},
+            {"from": "gpt", "value": "same role twice"},
         ]
     }
-    [conversation] = read_conversations(write_text(tmp_path / "s.json", json.dumps(record)))
-    assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 2
-    assert [m["content"] for m in conversation.messages] == ["a", "b", "c", "d"]
+    [conversation] = read_conversations(write_text(tmp_path / "t.json", json.dumps(record)))
+    roles = [m["role"] for m in conversation.messages]
+    assert roles == ["system", "assistant", "tool", "tool", "assistant"]
 
 
-def test_openai_content_parts_join_text_and_skip_other_parts(tmp_path: Path) -> None:
+def test_unknown_role_fails_the_record_and_names_the_fix(tmp_path: Path) -> None:
+    rows = [
+        SHAREGPT,
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "Narrator", "value": "b"}]},
+    ]
+    path = write_text(tmp_path / "r.jsonl", "\n".join(json.dumps(r) for r in rows))
+    record = bad_record(path)
+    assert record.source == f"{path} line 2"
+    assert record.problem == (
+        "message at index 1 has unknown role 'Narrator'; "
+        "add --role-map narrator=ROLE (ROLE: user, assistant, system, tool)"
+    )
+    mapped = records(path, role_map=parse_role_map(["Narrator=assistant"]))
+    assert [m["role"] for m in mapped[1].messages] == ["user", "assistant"]
+
+
+def test_role_map_overrides_an_alias(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "o.json", json.dumps(SHAREGPT))
+    [conversation] = records(path, role_map={"system": "user"})
+    assert conversation.messages[0]["role"] == "user"
+
+
+@pytest.mark.parametrize(
+    ("pairs", "problem"),
+    [(["bot"], "expected FROM=TO"), (["=user"], "expected FROM=TO"), (["a=robot"], "TO must be")],
+)
+def test_bad_role_map(pairs: list[str], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_role_map(pairs)
+
+
+def test_non_string_role(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path / "r.json", json.dumps({"conversation": [{"role": 3, "content": "a"}]})
+    )
+    assert bad_record(path).problem == "message at index 0 has unknown role 3"
+
+
+# content
+
+
+def test_content_parts_join_text_and_skip_other_parts(tmp_path: Path) -> None:
     parts = [
         {"type": "text", "text": "look at"},
         {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
-        {"type": "text", "text": "this picture"},
+        {"type": "input_text", "text": "this picture"},
     ]
     record = {
         "messages": [
             {"role": "user", "content": parts},
             {"role": "assistant", "content": [{"type": "text", "text": "nice"}], "name": "bot"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]},
         ]
     }
     [conversation] = read_conversations(write_text(tmp_path / "o.json", json.dumps(record)))
@@ -176,12 +288,30 @@ def test_empty_messages_are_dropped(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"conversations": []},
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": " "}]},
+        {"conversation": [{"role": "user", "content": None}]},
+    ],
+)
+def test_a_record_without_text_is_empty_not_bad(tmp_path: Path, record: dict[str, Any]) -> None:
+    path = write_text(tmp_path / "e.jsonl", f"{json.dumps(OPENAI)}\n{json.dumps(record)}\n")
+    found = records(path)
+    assert isinstance(found[0], SourceConversation)
+    assert found[1] == EmptyRecord(f"{path} line 2")
+
+
 def test_utf8_bom_and_non_ascii_are_read(tmp_path: Path) -> None:
     record = {"messages": [{"role": "user", "content": "机器学习"}]}
-    path = tmp_path / "bom.json"
-    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(record, ensure_ascii=False).encode())
-    [conversation] = read_conversations(path)
-    assert conversation.messages == [{"role": "user", "content": "机器学习"}]
+    for name, text in (
+        ("bom.json", json.dumps(record, ensure_ascii=False)),
+        ("bom.jsonl", json.dumps(record, ensure_ascii=False) + "\n" + json.dumps(record)),
+    ):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert read_conversations(path)[0].messages == [{"role": "user", "content": "机器学习"}]
 
 
 def test_accepts_str_path(tmp_path: Path) -> None:
@@ -190,7 +320,7 @@ def test_accepts_str_path(tmp_path: Path) -> None:
     assert conversation.source == str(path)
 
 
-# reading: errors
+# reading: errors of whole files
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -202,14 +332,14 @@ def test_directory(tmp_path: Path) -> None:
     input_error(tmp_path / "dir.json", "is a directory")
 
 
-def test_not_utf8(tmp_path: Path) -> None:
+def test_not_utf8_single_object(tmp_path: Path) -> None:
     path = tmp_path / "latin.json"
-    path.write_bytes(b'{"messages": []}\n{"x": "caf\xe9"}')
+    path.write_bytes(b'{\n"messages": "caf\xe9"}')
     error = input_error(path, "not UTF-8")
     assert "0xe9" in error.problem and "line 2" in error.problem
 
 
-@pytest.mark.parametrize("text", ["", "  \n\n"])
+@pytest.mark.parametrize("text", ["", "  \n\n", "\ufeff"])
 def test_empty_file(tmp_path: Path, text: str) -> None:
     input_error(write_text(tmp_path / "empty.json", text), "empty file")
 
@@ -226,25 +356,49 @@ def test_trailing_garbage_after_pretty_json_is_a_json_error(tmp_path: Path) -> N
     assert "Extra data" in error.problem
 
 
-def test_bad_json_line_names_its_line_number(tmp_path: Path) -> None:
+def test_empty_array(tmp_path: Path) -> None:
+    input_error(write_text(tmp_path / "a.json", " [ ]"), "an empty JSON array, no conversations")
+
+
+# reading: errors of one record, the others go on
+
+
+def test_bad_json_line_fails_alone(tmp_path: Path) -> None:
     line = json.dumps(OPENAI)
-    path = write_text(tmp_path / "bad.jsonl", f"{line}\n\n{line}\n{{oops\n")
-    error = input_error(path, "line 4: not valid JSON")
-    assert "column 2" in error.problem
+    path = write_text(tmp_path / "bad.jsonl", f"{line}\n\n{line}\n{{oops\n{line}\n")
+    found = records(path)
+    assert [type(r).__name__ for r in found] == ["SourceConversation"] * 2 + [
+        "BadRecord",
+        "SourceConversation",
+    ]
+    assert found[2].source == f"{path} line 4"
+    assert found[2].problem.startswith("not valid JSON (column 2")
+
+
+def test_not_utf8_line_fails_alone(tmp_path: Path) -> None:
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(
+        json.dumps(OPENAI).encode() + b'\n{"x": "caf\xe9"}\n' + json.dumps(OPENAI).encode()
+    )
+    record = bad_record(path)
+    assert (
+        record.source == f"{path} line 2"
+        and "not UTF-8" in record.problem
+        and "0xe9" in record.problem
+    )
+    assert len(records(path)) == 3
 
 
 @pytest.mark.parametrize(
-    ("text", "problem_part"),
+    ("text", "problem"),
     [
         ("42", "a JSON number; expected a graph-distill conversation"),
         ('"hi"', "a JSON string; expected"),
         ("null", "a JSON null; expected"),
-        ("[]", "an empty JSON array, no conversations"),
         (
             '{"foo": 1}',
             'not a recognised conversation; expected a graph-distill conversation {"conv',
         ),
-        ('[{"messages": [{"role": "user", "content": "x"}]}, 7]', "conversation 2: a JSON number"),
         (
             '{"messages": {"role": "user"}}',
             "'messages' is a JSON object, expected a list of messages",
@@ -252,47 +406,20 @@ def test_bad_json_line_names_its_line_number(tmp_path: Path) -> None:
         ('{"conversation": "hi"}', "'conversation' is a JSON string, expected a list"),
     ],
 )
-def test_wrong_shape(tmp_path: Path, text: str, problem_part: str) -> None:
-    input_error(write_text(tmp_path / "shape.json", text), problem_part)
+def test_wrong_shape(tmp_path: Path, text: str, problem: str) -> None:
+    record = bad_record(write_text(tmp_path / "shape.json", text))
+    assert problem in record.problem
 
 
-@pytest.mark.parametrize("key", ["conversation", "conversations", "messages"])
-def test_no_messages(tmp_path: Path, key: str) -> None:
-    error = input_error(write_text(tmp_path / "n.json", json.dumps({key: []})), "no messages")
-    assert error.problem == "no messages"
+def test_bad_element_of_a_list_is_named_by_its_index(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "l.json", json.dumps([OPENAI, 7, OPENAI]))
+    record = bad_record(path)
+    assert (record.source, record.problem.split(";")[0]) == (f"{path} record 1", "a JSON number")
+    assert len(read_records_ok(path)) == 2
 
 
-def test_no_messages_in_a_json_line_names_the_line(tmp_path: Path) -> None:
-    path = write_text(tmp_path / "n.jsonl", json.dumps(OPENAI) + "\n" + '{"messages": []}\n')
-    error = input_error(path, "line 2: no messages")
-    assert error.problem == "line 2: no messages"
-
-
-@pytest.mark.parametrize(
-    ("record", "problem"),
-    [
-        (
-            {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]},
-            "message at index 1 has unknown role 'tool' (expected user, assistant, system)",
-        ),
-        (
-            {"messages": [{"role": "function", "content": "b"}]},
-            "message at index 0 has unknown role 'function' (expected user, assistant, system)",
-        ),
-        (
-            {"conversations": [{"from": "human", "value": "a"}, {"from": "bing", "value": "b"}]},
-            "message at index 1 has unknown role 'bing' "
-            "(expected human, user, gpt, assistant, system)",
-        ),
-        (
-            {"conversation": [{"role": 3, "content": "a"}]},
-            "message at index 0 has unknown role 3 (expected user, assistant, system)",
-        ),
-    ],
-)
-def test_unknown_role(tmp_path: Path, record: dict[str, Any], problem: str) -> None:
-    error = input_error(write_text(tmp_path / "r.json", json.dumps(record)), "unknown role")
-    assert error.problem == problem
+def read_records_ok(path: Path) -> list[SourceConversation]:
+    return [r for r in records(path) if isinstance(r, SourceConversation)]
 
 
 @pytest.mark.parametrize(
@@ -303,57 +430,75 @@ def test_unknown_role(tmp_path: Path, record: dict[str, Any], problem: str) -> N
             "message at index 1: 'content' is a JSON number, not a string",
         ),
         (
-            {"messages": [{"role": "assistant", "content": None}]},
-            "message at index 0: 'content' is a JSON null, not a string",
-        ),
-        (
-            {"conversations": [{"from": "gpt", "value": ["a"]}]},
-            "message at index 0: 'value' is a JSON array, not a string",
-        ),
-        (
-            {"conversation": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]},
-            "message at index 0: 'content' is a JSON array, not a string",
+            {"conversations": [{"from": "gpt", "value": {"a": 1}}]},
+            "message at index 0: 'value' is a JSON object, not a string",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
             "message at index 0: text part 0 has no string 'text'",
         ),
         (
-            {"messages": [{"role": "user", "content": ["plain"]}]},
+            {"messages": [{"role": "user", "content": [3]}]},
             "message at index 0: content part 0 has no 'type'",
         ),
         ({"messages": [{"role": "user"}]}, "message at index 0 has no 'content'"),
-        ({"conversations": [{"value": "x"}]}, "message at index 0 has no 'from'"),
+        ({"conversations": [{"value": "x"}]}, "message at index 0 has no 'role'"),
         ({"messages": ["hi"]}, "message at index 0 is a JSON string, not an object"),
     ],
 )
 def test_bad_message(tmp_path: Path, record: dict[str, Any], problem: str) -> None:
-    error = input_error(write_text(tmp_path / "c.json", json.dumps(record)), "message at index")
-    assert error.problem == problem
+    assert bad_record(write_text(tmp_path / "c.json", json.dumps(record))).problem == problem
 
 
-def test_all_messages_empty(tmp_path: Path) -> None:
-    record = {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": " "}]}
-    error = input_error(write_text(tmp_path / "e.json", json.dumps(record)), "all messages")
-    assert error.problem == "all messages are empty"
-
-
-def test_problem_in_list_element_names_the_conversation(tmp_path: Path) -> None:
-    bad = {"messages": [{"role": "tool", "content": "x"}]}
-    path = write_text(tmp_path / "l.json", json.dumps([OPENAI, OPENAI, bad]))
-    input_error(path, "conversation 3: message at index 0 has unknown role 'tool'")
+def test_read_conversations_raises_on_the_first_unusable_record(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "l.json", json.dumps([OPENAI, {"conversations": []}]))
+    with pytest.raises(InputError, match="record 1: no message has text"):
+        read_conversations(path)
 
 
 def test_error_text_stays_on_one_line(tmp_path: Path) -> None:
     record = {"messages": [{"role": "a\nb", "content": "x"}]}
-    error = input_error(write_text(tmp_path / "nl.json", json.dumps(record)), "unknown role")
-    assert "\n" not in str(error)
+    assert (
+        "unknown role" in bad_record(write_text(tmp_path / "nl.json", json.dumps(record))).problem
+    )
 
 
 def test_input_error_is_a_value_error() -> None:
     error = InputError("data/x.json", "empty file")
     assert isinstance(error, ValueError)
     assert str(error) == "data/x.json: empty file"
+
+
+# JSON arrays, parsed incrementally
+
+
+def test_truncated_array_keeps_every_record_before_the_cut(tmp_path: Path) -> None:
+    rows = [{"id": f"r{n}", **SHAREGPT} for n in range(50)]
+    text = json.dumps(rows, indent=2)
+    path = write_text(tmp_path / "cut.json", text[: text.index('"r40"') + 20])
+    found = records(path)
+    assert [r.origin["id"] for r in found[:-1]] == [f"r{n}" for n in range(40)]
+    cut = found[-1]
+    assert isinstance(cut, BadRecord) and cut.source == f"{path} record 40"
+    assert "truncated" in cut.problem and "line " in cut.problem
+
+
+def test_broken_array_element_stops_the_file_there(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path / "b.json", "[" + json.dumps(OPENAI) + ", {oops}, " + json.dumps(OPENAI) + "]"
+    )
+    found = records(path)
+    assert isinstance(found[0], SourceConversation) and len(found) == 2
+    assert found[1].source == f"{path} record 1" and "not valid JSON" in found[1].problem
+
+
+def test_array_records_larger_than_a_read(tmp_path: Path) -> None:
+    big = "word " * 600_000  # 3 MB: several reads per record
+    rows = [{"id": str(n), "conversations": [{"from": "human", "value": big}]} for n in range(3)]
+    path = write_text(tmp_path / "big.json", json.dumps(rows))
+    found = read_records_ok(path)
+    assert [r.origin["id"] for r in found] == ["0", "1", "2"]
+    assert all(r.messages[0]["content"] == big for r in found)
 
 
 # find_inputs
@@ -685,3 +830,60 @@ def test_conversation_written_and_read_back(tmp_path: Path) -> None:
     assert conversation.record == conversation_record()
     assert conversation.messages == conversation_record()["conversation"]
     assert conversation.stem == "ML_20260111_194332"
+
+
+# Parquet, as Hugging Face datasets store chats
+
+
+def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=7)
+    return path
+
+
+def test_parquet_messages_column_with_ids(tmp_path: Path) -> None:
+    rows = [
+        {
+            "id": f"hf-{n}",
+            "messages": [
+                {"role": "user", "content": f"question {n}"},
+                {"role": "assistant", "content": f"answer {n}"},
+            ],
+            "image": b"\x00" * 10,
+        }
+        for n in range(40)
+    ]
+    rows[5]["messages"] = []
+    path = write_parquet(tmp_path / "train.parquet", rows)
+    found = records(path)
+    assert found[5] == EmptyRecord(f"{path} row 5 (id hf-5)")
+    kept = [r for r in found if isinstance(r, SourceConversation)]
+    assert len(kept) == 39
+    assert kept[0].origin == {"path": str(path), "index": 0, "id": "hf-0"}
+    assert kept[-1].messages[1] == {"role": "assistant", "content": "answer 39"}
+
+
+def test_parquet_sharegpt_column(tmp_path: Path) -> None:
+    rows = [{"conversations": [{"from": "human", "value": "q"}, {"from": "bard", "value": "a"}]}]
+    path = write_parquet(tmp_path / "s.parquet", rows * 2)
+    assert [r.stem for r in read_conversations(path)] == ["s_0", "s_1"]
+
+
+def test_parquet_without_a_conversation_column(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "x.parquet", [{"text": "hello"}])
+    input_error(path, "no 'conversations' or 'messages' or 'conversation' column (columns: text)")
+
+
+def test_parquet_without_rows(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"messages": pa.array([], pa.list_(pa.string()))}), path)
+    input_error(path, "no records")
+
+
+def test_find_inputs_includes_parquet(tmp_path: Path) -> None:
+    (tmp_path / "a.parquet").write_bytes(b"PAR1")
+    (tmp_path / "b.csv").write_text("x")
+    assert [p.name for p in find_inputs(tmp_path)] == ["a.parquet"]
