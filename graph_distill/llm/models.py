@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-from functools import lru_cache
-from typing import Literal
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import openai
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from langgraph.types import RetryPolicy
+from pydantic import PrivateAttr
 
 from graph_distill.context import ModelContext
+from graph_distill.llm.resources import RunResources, run_resources
 from graph_distill.llm.settings import (
     KEYLESS_PLACEHOLDER,
     ModelSettings,
@@ -19,9 +24,79 @@ from graph_distill.llm.settings import (
     require_usable,
     resolve_settings,
 )
-from graph_distill.llm.throttle import RunThrottle, ThrottledAsyncClient, shared_throttle
+from graph_distill.llm.structured import LevelMemory
+from graph_distill.llm.throttle import is_stream_cut
 
 Role = Literal["user", "assistant", "distill"]
+
+_PLAIN_ROLES: dict[type[BaseMessage], str] = {
+    HumanMessage: "user",
+    AIMessage: "assistant",
+    SystemMessage: "system",
+}
+# ChatOpenAI sends system messages to these models as "developer" messages.
+_O_SERIES = re.compile(r"^o\d")
+
+
+def _plain_dict(message: BaseMessage) -> dict[str, Any] | None:
+    """What ChatOpenAI sends for a plain text message (no name, tool calls or extra fields);
+    None for any other message."""
+    role = _PLAIN_ROLES.get(type(message))
+    content = message.content
+    if role is None or not isinstance(content, str) or message.name or message.additional_kwargs:
+        return None
+    if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
+        return None
+    return {"content": content, "role": role}
+
+
+def plain_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]] | None:
+    """The request's messages when all are plain text messages; None otherwise."""
+    dicts = []
+    for message in messages:
+        converted = _plain_dict(message)
+        if converted is None:
+            return None
+        dicts.append(converted)
+    return dicts
+
+
+class RunChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` whose requests cost the same at any history length.
+
+    The openai SDK walks every message of a request against its TypedDicts (``transform``),
+    which changes nothing for chat messages yet costs more than the rest of the call once a
+    conversation is long. So the messages travel in ``extra_body``, which the SDK merges into
+    the body unchanged, in the place ``messages`` has there: the bytes on the wire stay the
+    same, on every path to the SDK (create, with_raw_response, parse, streaming), and the
+    model's own ``extra_body`` entries are kept. Plain text messages are converted directly
+    (as ChatOpenAI would); anything else goes through ChatOpenAI's own conversion.
+    """
+
+    _levels: LevelMemory = PrivateAttr(default_factory=LevelMemory)
+
+    @property
+    def structured_levels(self) -> LevelMemory:
+        """The structured-output levels of the run this model belongs to."""
+        return self._levels
+
+    def _get_request_payload(
+        self, input_: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict:
+        messages = self._convert_input(input_).to_messages()
+        plain = None if _O_SERIES.match(self.model_name or "") else plain_dicts(messages)
+        payload = super()._get_request_payload(
+            [] if plain is not None else messages, stop=stop, **kwargs
+        )
+        if "messages" not in payload:  # the Responses API: no chat messages to carry
+            return super()._get_request_payload(messages, stop=stop, **kwargs)
+        extra_body = payload.get("extra_body") or {}
+        payload["extra_body"] = {
+            **extra_body,
+            "messages": plain if plain is not None else payload["messages"],
+        }
+        payload["messages"] = []
+        return payload
 
 
 def _settings(context: ModelContext, role: Role) -> ModelSettings:
@@ -40,17 +115,34 @@ def model_name(context: ModelContext, role: Role) -> str:
     return _settings(context, role).model_for(role)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _ModelSpec:
+    base_url: str
+    api_key: str
+    model: str
+    temperature: float
+    max_tokens: int
+    timeout: float
+    max_retries: int
+    streams: bool
+
+
 def chat_model(
     context: ModelContext,
     role: Role,
     *,
     temperature: float,
     max_tokens: int,
+    resources: RunResources | None = None,
 ) -> ChatOpenAI:
-    """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``."""
+    """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``.
+
+    Built once per run and settings: ``resources`` default to those of the run the calling
+    node belongs to (see ``run_resources``)."""
     settings = require_usable(_settings(context, role))
-    loop = _running_loop()
-    return _build(
+    if resources is None:
+        resources = run_resources(requests_per_minute=context.requests_per_minute)
+    spec = _ModelSpec(
         base_url=settings.base_url,
         api_key=settings.api_key or KEYLESS_PLACEHOLDER,
         model=settings.model_for(role),
@@ -59,71 +151,48 @@ def chat_model(
         timeout=context.request_timeout,
         max_retries=context.max_retries,
         streams=role == "assistant",
-        loop=loop,
-        throttle=shared_throttle(context.requests_per_minute, loop),
     )
+    return resources.model(spec, lambda: _build(spec, resources))
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-@lru_cache(maxsize=64)
-def _build(
-    *,
-    base_url: str,
-    api_key: str,
-    model: str,
-    temperature: float,
-    max_tokens: int,
-    timeout: float,
-    max_retries: int,
-    streams: bool,
-    loop: asyncio.AbstractEventLoop | None,
-    throttle: RunThrottle,
-) -> ChatOpenAI:
-    # Cached: a new client per call would cost connection setup on every model call. One per
-    # event loop: an async HTTP client cannot be used after the loop it connected in closes.
-    # Every request of the run (retries included) goes through the run's one throttle.
-    http_async_client = ThrottledAsyncClient(throttle) if loop is not None else None
-    extra_body = {"thinking": {"type": "disabled"}} if is_mimo(base_url) else None
-    if not is_mimo(base_url) and urlparse(base_url).hostname != "api.openai.com":
+def _build(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
+    # Every request of the run (the client's retries included) goes through the run's one
+    # HTTP client and so through its throttle.
+    extra_body = {"thinking": {"type": "disabled"}} if is_mimo(spec.base_url) else None
+    if not is_mimo(spec.base_url) and urlparse(spec.base_url).hostname != "api.openai.com":
         # ChatOpenAI sends only max_completion_tokens; llama.cpp-style servers read max_tokens
         # and would otherwise generate until the context is full.
-        extra_body = {"max_tokens": max_tokens}
-    return ChatOpenAI(
-        base_url=base_url,
-        api_key=api_key,
-        model=model,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        timeout=timeout,
-        max_retries=max_retries,
+        extra_body = {"max_tokens": spec.max_tokens}
+    model = RunChatOpenAI(
+        base_url=spec.base_url,
+        api_key=spec.api_key,
+        model=spec.model,
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        timeout=spec.timeout,
+        max_retries=spec.max_retries,
         stream_usage=True,
         extra_body=extra_body,
-        http_async_client=http_async_client,
+        http_async_client=resources.http_client(),
         # Only the assistant's reply is ever shown live; other roles never pay for streaming.
-        disable_streaming=not streams,
+        disable_streaming=not spec.streams,
     )
+    model._levels = resources.levels
+    return model
 
 
 def is_transient(error: BaseException) -> bool:
-    """Errors worth another attempt of a whole node (the client already retried 429/5xx)."""
-    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
-        return False
-    if isinstance(
-        error,
-        openai.APIConnectionError
-        | openai.RateLimitError
-        | openai.InternalServerError
-        | ConnectionError
-        | TimeoutError,
-    ):
+    """Errors worth another attempt of a whole node: those the client does not retry itself.
+
+    The openai client already retried 429s, 5xx answers, timeouts and failed connections
+    (``max_retries`` times, honouring Retry-After); another node attempt would multiply those
+    requests. What it cannot retry is a streamed reply cut midway."""
+    if is_stream_cut(error):
         return True
-    # A stream cut midway surfaces as the HTTP library's own transport error (httpx or httpx2).
+    if isinstance(error, openai.APIError):
+        return False
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
     return any(cls.__name__ == "TransportError" for cls in type(error).__mro__)
 
 

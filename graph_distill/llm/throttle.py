@@ -1,7 +1,8 @@
 """Run-wide request pacing: an optional requests-per-minute cap, and a back-off that pauses new
 requests while most recent ones fail.
 
-One ``RunThrottle`` serves every model a run builds. It is a LangChain ``BaseRateLimiter``, but
+One ``RunThrottle`` serves every model a run builds (it belongs to the run's
+``graph_distill.llm.resources.RunResources``). It is a LangChain ``BaseRateLimiter``, but
 it is not handed to ChatOpenAI's ``rate_limiter``: that is consulted once per model call, while
 the openai client retries 429s, 5xx answers and dropped connections underneath it, and each of
 those retries is a request too (it costs quota, and its failure is what a back-off must see).
@@ -19,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import httpx2
@@ -189,8 +189,25 @@ def request_succeeded(status_code: int) -> bool:
     return status_code != 429 and status_code < 500
 
 
+_CUT_MARK = "graph_distill_stream_cut"
+
+
+def is_stream_cut(error: BaseException) -> bool:
+    """Whether ``error`` comes from a streamed reply cut midway: the openai client wraps that
+    in an ``APIConnectionError`` like a failed connection, but, unlike one, never retries it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if getattr(current, _CUT_MARK, False):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class _ReportedBody(httpx2.AsyncByteStream):
-    """A streamed response body that reports once whether it arrived whole."""
+    """A streamed response body that reports once whether it arrived whole (and marks the
+    error of one that did not: see ``is_stream_cut``)."""
 
     def __init__(self, body: httpx2.AsyncByteStream, report: Callable[[bool], None]) -> None:
         self._body = body
@@ -201,7 +218,8 @@ class _ReportedBody(httpx2.AsyncByteStream):
         try:
             async for part in self._body:
                 yield part
-        except Exception:
+        except Exception as error:
+            setattr(error, _CUT_MARK, True)
             self._settle(False)
             raise
         self._settle(True)
@@ -242,10 +260,3 @@ class ThrottledAsyncClient(openai.DefaultAsyncHttpxClient):
         else:
             self.throttle.record(succeeded, started_at)
         return response
-
-
-@lru_cache(maxsize=64)
-def shared_throttle(requests_per_minute: float | None, loop: object | None) -> RunThrottle:
-    """The throttle of one run: one per setting and event loop (a run is one ``asyncio.run``),
-    so every model the run builds, whatever its role, shares it."""
-    return RunThrottle(requests_per_minute)

@@ -15,6 +15,7 @@ from graph_distill.distill.graph import distill_graph
 from graph_distill.files.readers import SourceConversation, read_conversations
 from graph_distill.files.writing import distilled_file, write_json_atomic
 from graph_distill.llm.models import model_name
+from graph_distill.llm.resources import RunResources, with_resources
 from graph_distill.run.ledger import (
     MIMO_V2_FLASH_PRICES,
     CostLedger,
@@ -51,9 +52,10 @@ async def distill_source(
         "max_concurrency": concurrency,
         "callbacks": [summary.ledger.callback("distillation")],
     }
+    config = with_resources(config, summary.resources)
     inputs: dict[str, Any] | None = {"conversation": source.messages}
     if thread_id is not None:
-        config["configurable"] = {"thread_id": thread_id}
+        config["configurable"]["thread_id"] = thread_id
         if (await graph.aget_state(config)).created_at is not None:
             inputs = None
     try:
@@ -96,7 +98,7 @@ async def distill_inputs(
 ) -> RunSummary:
     """Distill every conversation in ``inputs`` (files in parallel, ``concurrency`` at once);
     with a ``report_dir``, its calls, tokens and cost go to ``run_report.json`` there."""
-    summary = RunSummary(ledger=CostLedger(prices))
+    summary = RunSummary(ledger=CostLedger(prices), resources=RunResources(ctx.requests_per_minute))
     gate = asyncio.Semaphore(concurrency)
 
     async def one(source: SourceConversation) -> None:
@@ -115,7 +117,8 @@ async def distill_inputs(
             summary.failures.append((str(path), str(error)))
             reporter.failed(str(path), str(error))
     if report_dir is None:
-        await gather_or_abort([one(s) for s in sources])
+        async with summary.resources:
+            await gather_or_abort([one(s) for s in sources])
         return summary
     settings = {
         "inputs": [str(Path(path).absolute()) for path in inputs],
@@ -123,5 +126,6 @@ async def distill_inputs(
         "force": force,
     }
     with reported(summary, report_dir, ctx, settings, RETRY_HINT):
-        await gather_or_abort([one(s) for s in sources])
+        async with summary.resources:
+            await gather_or_abort([one(s) for s in sources])
     return summary

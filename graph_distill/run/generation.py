@@ -30,6 +30,8 @@ from graph_distill.files.writing import (
     reserve_conversation_path,
     write_if_free,
 )
+from graph_distill.llm.resources import RESOURCES_KEY as RESOURCES
+from graph_distill.llm.resources import RunResources
 from graph_distill.run.distilling import distill_source
 from graph_distill.run.ledger import (
     MIMO_V2_FLASH_PRICES,
@@ -160,7 +162,9 @@ class _DurableRun:
         self.run_id = run_id
         self.saver = saver
         self.summary = RunSummary(
-            run_id=run_id, ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens)
+            run_id=run_id,
+            ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens),
+            resources=RunResources(conversation_ctx.requests_per_minute),
         )
         self.conversation_graph = conversation_builder.compile(
             checkpointer=saver, name="conversation"
@@ -181,6 +185,7 @@ class _DurableRun:
             await gather_or_abort(distills)
         finally:
             await cancel_all(distills)
+            await self.summary.resources.aclose()
         await self._close_if_complete()
 
     async def _conversation(self, item: RunItem) -> SourceConversation | None:
@@ -220,7 +225,7 @@ class _DurableRun:
         scenario = pick_scenario(self.plan.scenarios, random.Random(seed))
         label = f"#{item.index + 1} {scenario.key}"
         config: RunnableConfig = {
-            "configurable": {"thread_id": item.conversation_id},
+            "configurable": {"thread_id": item.conversation_id, RESOURCES: self.summary.resources},
             "recursion_limit": recursion_limit(ctx.max_rounds),
             "callbacks": [self.summary.ledger.callback("generation")],
         }

@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import pytest
@@ -20,7 +20,6 @@ from graph_distill.distill.notes import group_for_budget, merge_repeats, recover
 from graph_distill.distill.splitting import split_conversation
 from graph_distill.distill.state import NOTE_SECTIONS, Notes
 from graph_distill.llm.prompting import load_prompt
-from graph_distill.llm.structured import forget_levels
 from tests.support.fake_openai import FakeOpenAIServer
 
 SHARED_INSIGHT = "Caching parsed templates avoids repeated disk reads"
@@ -33,13 +32,6 @@ KIND_MARKS = {
         ("repair", "repair_json"),
     ]
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_levels() -> Iterator[None]:
-    forget_levels()
-    yield
-    forget_levels()
 
 
 # ---------------------------------------------------------------- helpers

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from graph_distill.llm import models
 from graph_distill.cli.main import main
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.scenarios import builtin_scenarios
-from graph_distill.llm.throttle import shared_throttle
 from graph_distill.run.generation import RunPlan, run_conversations
 from graph_distill.run.progress import Reporter
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates, _Fault
@@ -56,15 +53,6 @@ class WitnessServer(FakeOpenAIServer):
         if kind != "drop":
             self.whole_replies.add(reply.text.strip())
         return reply
-
-
-@pytest.fixture(autouse=True)
-def fresh_builders() -> Iterator[None]:
-    models._build.cache_clear()
-    shared_throttle.cache_clear()
-    yield
-    models._build.cache_clear()
-    shared_throttle.cache_clear()
 
 
 def read_all(directory: Path) -> dict[Path, dict[str, Any]]:

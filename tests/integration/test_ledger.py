@@ -12,7 +12,6 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
-from graph_distill.llm import models
 from graph_distill.context import PipelineContext
 from graph_distill.llm.models import chat_model
 from graph_distill.llm.throttle import ThrottleStats
@@ -155,7 +154,6 @@ def test_durations_read_naturally(seconds: float, shown: str) -> None:
 
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_ledger_callback_counts_what_the_server_counted(streamed: bool) -> None:
-    models._build.cache_clear()
     ledger = CostLedger(MIMO_V2_FLASH_PRICES, budget_tokens=10**9)
     system = SystemMessage("You explain things step by step, patiently and carefully. " * 30)
     config: RunnableConfig = {"callbacks": [ledger.callback("generation")]}
@@ -183,7 +181,6 @@ async def test_ledger_callback_counts_what_the_server_counted(streamed: bool) ->
 
 
 async def test_failed_calls_are_not_counted() -> None:
-    models._build.cache_clear()
     ledger = CostLedger()
     with FakeOpenAIServer(faults=FaultRates(rate_500=1.0)) as server:
         ctx = PipelineContext(base_url=server.base_url, api_key="sk-test", max_retries=0)

@@ -15,10 +15,10 @@ import pytest
 
 from graph_distill.files.writing import RUN_REPORT_NAME, TEMP_SUFFIX
 from graph_distill.llm.usage import USAGE_KEYS, Usage, add_usage, empty_usage
+from tests.integration.test_cli import SECRET, invoke, run_args
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.files import json_files
 from tests.support.roles import RoleResponder
-from tests.integration.test_cli import SECRET, invoke, run_args
 
 
 def usage_sum(directory: Path) -> Usage:

@@ -1,0 +1,123 @@
+"""What one run shares across all its model calls: the HTTP client and the chat models built on
+it, the request throttle (its cap, back-off and request counts) and the structured-output level
+each server takes.
+
+A runner creates one ``RunResources`` per run and hands it to the graphs in
+``config["configurable"]`` (``with_resources``); nodes find it with ``run_resources``. The
+graphs' Context stays plain data, as Studio and HTTP clients send it. A graph run without one
+(Studio, an embedding agent, a server) shares one per event loop and request cap, so its model
+calls still reuse connections instead of opening a client per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Callable, Hashable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_config
+
+from graph_distill.llm.structured import LevelMemory
+from graph_distill.llm.throttle import RunThrottle, ThrottledAsyncClient, ThrottleStats
+
+RESOURCES_KEY = "graph_distill_resources"
+
+Model = TypeVar("Model")
+
+
+class RunResources:
+    """One run's HTTP client, chat models, throttle and structured-output levels."""
+
+    def __init__(
+        self, requests_per_minute: float | None = None, *, throttle: RunThrottle | None = None
+    ) -> None:
+        self.throttle = throttle or RunThrottle(requests_per_minute)
+        self.levels = LevelMemory()
+        self._models: dict[Hashable, Any] = {}
+        self._client: ThrottledAsyncClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        return self.throttle.requests_per_minute
+
+    def stats(self) -> ThrottleStats:
+        return self.throttle.stats()
+
+    def http_client(self) -> ThrottledAsyncClient:
+        """The run's one async HTTP client: every request of every model goes through the
+        throttle, and connections are pooled across roles."""
+        with self._lock:
+            if self._client is None:
+                self._client = ThrottledAsyncClient(self.throttle)
+            return self._client
+
+    def model(self, key: Hashable, build: Callable[[], Model]) -> Model:
+        """The model built for ``key`` in this run (built on first use)."""
+        with self._lock:
+            found = self._models.get(key)
+        if found is None:
+            found = build()
+            with self._lock:
+                found = self._models.setdefault(key, found)
+        return found
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (its open connections); the models are not used after."""
+        with self._lock:
+            client, self._client = self._client, None
+            self._models.clear()
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def with_resources(config: RunnableConfig, resources: RunResources) -> RunnableConfig:
+    """``config`` with ``resources`` in its ``configurable`` (other entries kept)."""
+    configurable = {**(config.get("configurable") or {}), RESOURCES_KEY: resources}
+    return {**config, "configurable": configurable}
+
+
+# A graph run without a runner's resources shares these: one per event loop (an async HTTP
+# client cannot outlive its loop) and request cap, dropped with the loop.
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float | None, RunResources]]
+_by_loop = weakref.WeakKeyDictionary()
+_by_loop_lock = threading.Lock()
+
+
+def run_resources(
+    config: RunnableConfig | None = None, *, requests_per_minute: float | None = None
+) -> RunResources:
+    """The resources of the run ``config`` belongs to (by default the config of the node being
+    run); without any, those shared by graph runs in this event loop with this request cap."""
+    if config is None:
+        try:
+            config = get_config()
+        except RuntimeError:
+            config = {}
+    found = (config.get("configurable") or {}).get(RESOURCES_KEY)
+    if isinstance(found, RunResources):
+        return found
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return RunResources(requests_per_minute)  # synchronous calls: no async client to share
+    with _by_loop_lock:
+        per_cap = _by_loop.setdefault(loop, {})
+        if requests_per_minute not in per_cap:
+            per_cap[requests_per_minute] = RunResources(requests_per_minute)
+        return per_cap[requests_per_minute]
