@@ -445,6 +445,17 @@ class RecordedRequest:
     headers: dict[str, str]
     received_at: float
     fault: str | None
+    raw: bytes = b""  # the body's bytes as sent
+
+
+def _chat_body(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return None
+    return body
 
 
 def _error_body(kind: str, message: str | None) -> tuple[int, dict[str, Any]]:
@@ -497,12 +508,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             self._send_json(*_error_body("404", f"no route {self.path}"))
             return
-        body = self._read_json()
+        raw = self._read_body()
+        body = _chat_body(raw)
         if body is None:
             self._send_json(*_error_body("400", "body must be a JSON object with 'messages'"))
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
-        self._answer(body, self.fake._admit(body, headers))
+        self._answer(body, self.fake._admit(body, headers, raw))
 
     def _answer(self, body: dict[str, Any], fault: _Fault | None) -> None:
         kind = fault.kind if fault else None
@@ -520,15 +532,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _read_json(self) -> dict[str, Any] | None:
-        try:
-            body = json.loads(self._read_body() or b"null")
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return None
-        return body
 
     def _send_json(
         self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -758,12 +761,12 @@ class FakeOpenAIServer:
     def _authorized(self, authorization: str | None) -> bool:
         return self.require_key is None or authorization == f"Bearer {self.require_key}"
 
-    def _admit(self, body: dict[str, Any], headers: dict[str, str]) -> _Fault | None:
+    def _admit(self, body: dict[str, Any], headers: dict[str, str], raw: bytes) -> _Fault | None:
         with self._lock:
             roll = self._dice.random()
             fault = self._decide(body, headers, roll)
             kind = fault.kind if fault else None
-            self._records.append(RecordedRequest(body, headers, time.monotonic(), kind))
+            self._records.append(RecordedRequest(body, headers, time.monotonic(), kind, raw))
             if fault is not None:
                 self._fault_counts[fault.kind] += 1
                 if fault.kind == "429":
