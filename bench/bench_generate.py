@@ -121,6 +121,8 @@ class Server(Protocol):
 
     def requests(self, start: int) -> list[dict[str, Any]]: ...
 
+    def arrivals(self, start: int) -> list[float]: ...
+
 
 class LocalServer:
     def __init__(self, server: FakeOpenAIServer) -> None:
@@ -133,13 +135,26 @@ class LocalServer:
     def requests(self, start: int) -> list[dict[str, Any]]:
         return self.server.requests[start:]
 
+    def arrivals(self, start: int) -> list[float]:
+        return arrivals(self.server, start)
+
+
+def arrivals(server: FakeOpenAIServer, start: int) -> list[float]:
+    """When each request from the ``start``-th on arrived (``time.monotonic``)."""
+    return [record.received_at for record in server.records[start:]]
+
 
 def _serve(conn: Connection, latency: float) -> None:
     with FakeOpenAIServer(realistic_responder(), latency=latency) as server:
         conn.send(server.base_url)
         while (command := conn.recv()) != "stop":
             name, argument = command
-            conn.send(server.stats if name == "stats" else server.requests[argument:])
+            if name == "stats":
+                conn.send(server.stats)
+            elif name == "arrivals":
+                conn.send(arrivals(server, argument))
+            else:
+                conn.send(server.requests[argument:])
 
 
 class ChildServer:
@@ -159,6 +174,10 @@ class ChildServer:
 
     def requests(self, start: int) -> list[dict[str, Any]]:
         self.conn.send(("requests", start))
+        return self.conn.recv()
+
+    def arrivals(self, start: int) -> list[float]:
+        self.conn.send(("arrivals", start))
         return self.conn.recv()
 
     def stop(self) -> None:

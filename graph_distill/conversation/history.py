@@ -13,7 +13,11 @@ MESSAGE_OVERHEAD_TOKENS = 4
 
 
 def message_tokens(message: BaseMessage) -> int:
-    return count_tokens(message.text) + MESSAGE_OVERHEAD_TOKENS
+    """Tokens of ``message``, encoded once: a message's text is counted on its first call and
+    then found by the string itself (whose hash Python keeps), not re-encoded per call."""
+    content = message.content
+    text = content if isinstance(content, str) else message.text
+    return count_tokens(text) + MESSAGE_OVERHEAD_TOKENS
 
 
 def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[BaseMessage]:

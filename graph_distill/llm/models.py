@@ -61,6 +61,14 @@ def plain_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]] | None:
     return dicts
 
 
+def _as_messages(input_: LanguageModelInput) -> list[BaseMessage] | None:
+    """``input_`` when it already is a list of messages (as the chat model's own calls pass
+    it), saving a second pass of conversion."""
+    if isinstance(input_, list) and all(isinstance(m, BaseMessage) for m in input_):
+        return input_
+    return None
+
+
 class RunChatOpenAI(ChatOpenAI):
     """``ChatOpenAI`` whose requests cost the same at any history length.
 
@@ -83,7 +91,7 @@ class RunChatOpenAI(ChatOpenAI):
     def _get_request_payload(
         self, input_: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any
     ) -> dict:
-        messages = self._convert_input(input_).to_messages()
+        messages = _as_messages(input_) or self._convert_input(input_).to_messages()
         plain = None if _O_SERIES.match(self.model_name or "") else plain_dicts(messages)
         payload = super()._get_request_payload(
             [] if plain is not None else messages, stop=stop, **kwargs
