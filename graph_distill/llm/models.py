@@ -145,11 +145,28 @@ def chat_model(
 ) -> ChatOpenAI:
     """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``.
 
-    Built once per run and settings: ``resources`` default to those of the run the calling
-    node belongs to (see ``run_resources``)."""
-    settings = require_usable(_settings(context, role))
+    Built once per run and settings (env and ``.env`` are read then): ``resources`` default
+    to those of the run the calling node belongs to (see ``run_resources``)."""
     if resources is None:
         resources = run_resources(requests_per_minute=context.requests_per_minute)
+    given = (
+        context.api_key,
+        context.base_url,
+        context.model,
+        getattr(context, f"{role}_model", None),
+    )
+    key = (role, *given, context.request_timeout, context.max_retries, temperature, max_tokens)
+    return resources.model(key, lambda: _build(context, role, temperature, max_tokens, resources))
+
+
+def _build(
+    context: ModelContext,
+    role: Role,
+    temperature: float,
+    max_tokens: int,
+    resources: RunResources,
+) -> RunChatOpenAI:
+    settings = require_usable(_settings(context, role))
     spec = _ModelSpec(
         base_url=settings.base_url,
         api_key=settings.api_key or KEYLESS_PLACEHOLDER,
@@ -160,10 +177,10 @@ def chat_model(
         max_retries=context.max_retries,
         streams=role == "assistant",
     )
-    return resources.model(spec, lambda: _build(spec, resources))
+    return _chat_openai(spec, resources)
 
 
-def _build(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
+def _chat_openai(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
     # Every request of the run (the client's retries included) goes through the run's one
     # HTTP client and so through its throttle.
     extra_body = {"thinking": {"type": "disabled"}} if is_mimo(spec.base_url) else None
