@@ -15,9 +15,7 @@ MESSAGE_OVERHEAD_TOKENS = 4
 def message_tokens(message: BaseMessage) -> int:
     """Tokens of ``message``, encoded once: a message's text is counted on its first call and
     then found by the string itself (whose hash Python keeps), not re-encoded per call."""
-    content = message.content
-    text = content if isinstance(content, str) else message.text
-    return count_tokens(text) + MESSAGE_OVERHEAD_TOKENS
+    return count_tokens(_text(message)) + MESSAGE_OVERHEAD_TOKENS
 
 
 def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[BaseMessage]:
@@ -39,5 +37,14 @@ def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[Base
 def flipped(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
     """The conversation from the simulated user's side: their own lines become the AI's."""
     return [
-        AIMessage(m.text) if isinstance(m, HumanMessage) else HumanMessage(m.text) for m in messages
+        AIMessage(content=_text(m))
+        if isinstance(m, HumanMessage)
+        else HumanMessage(content=_text(m))
+        for m in messages
     ]
+
+
+def _text(message: BaseMessage) -> str:
+    # The content itself when it is a string (no copy; ``text`` builds a new string each time).
+    content = message.content
+    return content if isinstance(content, str) else message.text
