@@ -121,7 +121,7 @@ class Server(Protocol):
 
     def requests(self, start: int) -> list[dict[str, Any]]: ...
 
-    def arrivals(self, start: int) -> list[float]: ...
+    def timeline(self, start: int) -> list[tuple[float, float]]: ...
 
 
 class LocalServer:
@@ -135,13 +135,14 @@ class LocalServer:
     def requests(self, start: int) -> list[dict[str, Any]]:
         return self.server.requests[start:]
 
-    def arrivals(self, start: int) -> list[float]:
-        return arrivals(self.server, start)
+    def timeline(self, start: int) -> list[tuple[float, float]]:
+        return timeline(self.server, start)
 
 
-def arrivals(server: FakeOpenAIServer, start: int) -> list[float]:
-    """When each request from the ``start``-th on arrived (``time.monotonic``)."""
-    return [record.received_at for record in server.records[start:]]
+def timeline(server: FakeOpenAIServer, start: int) -> list[tuple[float, float]]:
+    """When each request from the ``start``-th on arrived and when its answer was sent whole
+    (``time.monotonic``)."""
+    return [(r.received_at, r.answered_at or r.received_at) for r in server.records[start:]]
 
 
 def _serve(conn: Connection, latency: float) -> None:
@@ -151,8 +152,8 @@ def _serve(conn: Connection, latency: float) -> None:
             name, argument = command
             if name == "stats":
                 conn.send(server.stats)
-            elif name == "arrivals":
-                conn.send(arrivals(server, argument))
+            elif name == "timeline":
+                conn.send(timeline(server, argument))
             else:
                 conn.send(server.requests[argument:])
 
@@ -176,8 +177,8 @@ class ChildServer:
         self.conn.send(("requests", start))
         return self.conn.recv()
 
-    def arrivals(self, start: int) -> list[float]:
-        self.conn.send(("arrivals", start))
+    def timeline(self, start: int) -> list[tuple[float, float]]:
+        self.conn.send(("timeline", start))
         return self.conn.recv()
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -446,6 +446,7 @@ class RecordedRequest:
     received_at: float
     fault: str | None
     raw: bytes = b""  # the body's bytes as sent
+    answered_at: float | None = None  # when the answer was sent whole (or the connection cut)
 
 
 def _chat_body(raw: bytes) -> dict[str, Any] | None:
@@ -514,7 +515,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(*_error_body("400", "body must be a JSON object with 'messages'"))
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
-        self._answer(body, self.fake._admit(body, headers, raw))
+        fault = self.fake._admit(body, headers, raw)
+        try:
+            self._answer(body, fault)
+        finally:
+            self.fake._answered(body)
 
     def _answer(self, body: dict[str, Any], fault: _Fault | None) -> None:
         kind = fault.kind if fault else None
@@ -760,6 +765,15 @@ class FakeOpenAIServer:
 
     def _authorized(self, authorization: str | None) -> bool:
         return self.require_key is None or authorization == f"Bearer {self.require_key}"
+
+    def _answered(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            for index in range(len(self._records) - 1, -1, -1):
+                if self._records[index].body is body:
+                    self._records[index] = replace(
+                        self._records[index], answered_at=time.monotonic()
+                    )
+                    return
 
     def _admit(self, body: dict[str, Any], headers: dict[str, str], raw: bytes) -> _Fault | None:
         with self._lock:
