@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from graph_distill.llm.resources import run_resources
 from graph_distill.llm.tokens import count_tokens
 
 # Role framing the chat template adds around each message.
@@ -35,13 +37,17 @@ def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[Base
 
 
 def flipped(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """The conversation from the simulated user's side: their own lines become the AI's."""
-    return [
-        AIMessage(content=_text(m))
-        if isinstance(m, HumanMessage)
-        else HumanMessage(content=_text(m))
-        for m in messages
-    ]
+    """The conversation from the simulated user's side: their own lines become the AI's.
+
+    Each message is flipped once per run (kept by the run's resources), not on every call."""
+    resources = run_resources()
+    return [resources.derived("flipped", m, partial(_flip, m)) for m in messages]
+
+
+def _flip(message: BaseMessage) -> BaseMessage:
+    if isinstance(message, HumanMessage):
+        return AIMessage(content=_text(message))
+    return HumanMessage(content=_text(message))
 
 
 def _text(message: BaseMessage) -> str:

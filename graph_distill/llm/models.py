@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -50,11 +51,17 @@ def _plain_dict(message: BaseMessage) -> dict[str, Any] | None:
     return {"content": content, "role": role}
 
 
-def plain_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]] | None:
-    """The request's messages when all are plain text messages; None otherwise."""
+def plain_dicts(
+    messages: Sequence[BaseMessage], resources: RunResources | None = None
+) -> list[dict[str, Any]] | None:
+    """The request's messages when all are plain text messages; None otherwise. With
+    ``resources``, each message is converted once per run."""
     dicts = []
     for message in messages:
-        converted = _plain_dict(message)
+        if resources is None:
+            converted = _plain_dict(message)
+        else:
+            converted = resources.derived("plain_dict", message, partial(_plain_dict, message))
         if converted is None:
             return None
         dicts.append(converted)
@@ -82,6 +89,7 @@ class RunChatOpenAI(ChatOpenAI):
     """
 
     _levels: LevelMemory = PrivateAttr(default_factory=LevelMemory)
+    _resources: RunResources | None = PrivateAttr(default=None)
 
     @property
     def structured_levels(self) -> LevelMemory:
@@ -92,7 +100,8 @@ class RunChatOpenAI(ChatOpenAI):
         self, input_: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any
     ) -> dict:
         messages = _as_messages(input_) or self._convert_input(input_).to_messages()
-        plain = None if _O_SERIES.match(self.model_name or "") else plain_dicts(messages)
+        o_series = _O_SERIES.match(self.model_name or "")
+        plain = None if o_series else plain_dicts(messages, self._resources)
         payload = super()._get_request_payload(
             [] if plain is not None else messages, stop=stop, **kwargs
         )
@@ -203,6 +212,7 @@ def _chat_openai(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
         disable_streaming=not spec.streams,
     )
     model._levels = resources.levels
+    model._resources = resources
     return model
 
 

@@ -27,6 +27,11 @@ from graph_distill.llm.throttle import RunThrottle, ThrottledAsyncClient, Thrott
 RESOURCES_KEY = "graph_distill_resources"
 
 Model = TypeVar("Model")
+Derived = TypeVar("Derived")
+
+# Derived values kept per source object (oldest dropped first): 48 conversations of 100
+# rounds, many times over.
+MAX_DERIVED = 65536
 
 
 class RunResources:
@@ -40,6 +45,8 @@ class RunResources:
         self._models: dict[Hashable, Any] = {}
         self._client: ThrottledAsyncClient | None = None
         self._lock = threading.Lock()
+        # (kind, id(source)) -> (source, value): holding the source keeps its id from reuse.
+        self._derived: dict[tuple[str, int], tuple[object, Any]] = {}
 
     @property
     def requests_per_minute(self) -> float | None:
@@ -66,11 +73,26 @@ class RunResources:
                 found = self._models.setdefault(key, found)
         return found
 
+    def derived(self, kind: str, source: object, make: Callable[[], Derived]) -> Derived:
+        """``make()``, computed once per ``source`` object in this run: for values derived
+        from messages, which are never changed in place once in a graph's state, and which
+        every later call of a conversation would otherwise derive again."""
+        key = (kind, id(source))
+        known = self._derived.get(key)
+        if known is not None and known[0] is source:
+            return known[1]
+        value = make()
+        if len(self._derived) >= MAX_DERIVED:
+            self._derived.pop(next(iter(self._derived)), None)
+        self._derived[key] = (source, value)
+        return value
+
     async def aclose(self) -> None:
         """Close the HTTP client (its open connections); the models are not used after."""
         with self._lock:
             client, self._client = self._client, None
             self._models.clear()
+            self._derived.clear()
         if client is not None:
             await client.aclose()
 

@@ -509,13 +509,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             self._send_json(*_error_body("404", f"no route {self.path}"))
             return
+        received_at = time.monotonic()  # before the body is read and parsed: the client's part
         raw = self._read_body()
         body = _chat_body(raw)
         if body is None:
             self._send_json(*_error_body("400", "body must be a JSON object with 'messages'"))
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
-        fault = self.fake._admit(body, headers, raw)
+        fault = self.fake._admit(body, headers, raw, received_at)
         try:
             self._answer(body, fault)
         finally:
@@ -775,12 +776,14 @@ class FakeOpenAIServer:
                     )
                     return
 
-    def _admit(self, body: dict[str, Any], headers: dict[str, str], raw: bytes) -> _Fault | None:
+    def _admit(
+        self, body: dict[str, Any], headers: dict[str, str], raw: bytes, received_at: float
+    ) -> _Fault | None:
         with self._lock:
             roll = self._dice.random()
             fault = self._decide(body, headers, roll)
             kind = fault.kind if fault else None
-            self._records.append(RecordedRequest(body, headers, time.monotonic(), kind, raw))
+            self._records.append(RecordedRequest(body, headers, received_at, kind, raw))
             if fault is not None:
                 self._fault_counts[fault.kind] += 1
                 if fault.kind == "429":
