@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
@@ -41,7 +40,7 @@ def flipped(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
 
     Each message is flipped once per run (kept by the run's resources), not on every call."""
     resources = run_resources()
-    return [resources.derived("flipped", m, partial(_flip, m)) for m in messages]
+    return [resources.derived("flipped", m, _flip) for m in messages]
 
 
 def _flip(message: BaseMessage) -> BaseMessage:

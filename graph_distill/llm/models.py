@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -61,7 +60,7 @@ def plain_dicts(
         if resources is None:
             converted = _plain_dict(message)
         else:
-            converted = resources.derived("plain_dict", message, partial(_plain_dict, message))
+            converted = resources.derived("plain_dict", message, _plain_dict)
         if converted is None:
             return None
         dicts.append(converted)

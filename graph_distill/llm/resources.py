@@ -28,6 +28,7 @@ RESOURCES_KEY = "graph_distill_resources"
 
 Model = TypeVar("Model")
 Derived = TypeVar("Derived")
+Source = TypeVar("Source")
 
 # Derived values kept per source object (oldest dropped first): 48 conversations of 100
 # rounds, many times over.
@@ -73,15 +74,15 @@ class RunResources:
                 found = self._models.setdefault(key, found)
         return found
 
-    def derived(self, kind: str, source: object, make: Callable[[], Derived]) -> Derived:
-        """``make()``, computed once per ``source`` object in this run: for values derived
+    def derived(self, kind: str, source: Source, make: Callable[[Source], Derived]) -> Derived:
+        """``make(source)``, computed once per ``source`` object in this run: for values derived
         from messages, which are never changed in place once in a graph's state, and which
         every later call of a conversation would otherwise derive again."""
         key = (kind, id(source))
         known = self._derived.get(key)
         if known is not None and known[0] is source:
             return known[1]
-        value = make()
+        value = make(source)
         if len(self._derived) >= MAX_DERIVED:
             self._derived.pop(next(iter(self._derived)), None)
         self._derived[key] = (source, value)

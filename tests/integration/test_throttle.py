@@ -285,6 +285,22 @@ async def test_nodes_find_the_run_resources_in_their_config(fake: FakeOpenAIServ
     assert run_resources(requests_per_minute=60.0) is not run_resources()
 
 
+def test_a_run_derives_a_value_once_per_source_object() -> None:
+    resources = RunResources()
+    made: list[str] = []
+
+    def make(message: HumanMessage) -> str:
+        made.append(message.text)
+        return message.text.upper()
+
+    first, edited = HumanMessage("teh cat", id="m0"), HumanMessage("the cat", id="m0")
+    assert resources.derived("upper", first, make) == "TEH CAT"
+    assert resources.derived("upper", first, make) == "TEH CAT"
+    assert resources.derived("upper", edited, make) == "THE CAT"  # a new object: derived anew
+    assert resources.derived("other", first, lambda m: m.text.lower()) == "teh cat"  # apart
+    assert made == ["teh cat", "the cat"]
+
+
 def test_each_event_loop_gets_its_own_resources(fake: FakeOpenAIServer) -> None:
     async def build() -> RunThrottle:
         return throttle_of(chat_model(context_for(fake), "user", temperature=0.9, max_tokens=9))
