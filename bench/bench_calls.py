@@ -39,7 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import openai
 
-from bench.bench_generate import ChildServer, Row, bare_calls, generate, print_table, timed
+from bench.bench_generate import (
+    ChildServer,
+    Row,
+    Timing,
+    bare_calls,
+    generate,
+    print_table,
+    timed,
+)
 from graph_distill.llm.throttle import ThrottledAsyncClient
 
 GROWTH_ROUNDS = 100
@@ -135,10 +143,10 @@ def _median_run_row(label: str, runs: Sequence[tuple[float, float]], goal: float
     )
 
 
-def bare_sync_replay(base_url: str, bodies: Sequence[dict[str, Any]]) -> float:
-    """Seconds a plain synchronous ``OpenAI`` client takes to send ``bodies`` one by one."""
+def bare_sync_replay(base_url: str, bodies: Sequence[dict[str, Any]]) -> Timing:
+    """What a plain synchronous ``OpenAI`` client takes to send ``bodies`` one by one."""
     client = openai.OpenAI(base_url=base_url, api_key="bench")
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for body in bodies:
         client.chat.completions.create(
             model=body["model"],
@@ -146,7 +154,7 @@ def bare_sync_replay(base_url: str, bodies: Sequence[dict[str, Any]]) -> float:
             temperature=body.get("temperature"),
             max_tokens=body.get("max_tokens"),
         )
-    elapsed = time.perf_counter() - began
+    elapsed = Timing(time.perf_counter() - began, time.process_time() - cpu)
     client.close()
     return elapsed
 
@@ -154,20 +162,22 @@ def bare_sync_replay(base_url: str, bodies: Sequence[dict[str, Any]]) -> float:
 async def bare_part(quick: bool) -> list[Row]:
     rounds = 20 if quick else BARE_ROUNDS
     server = ChildServer(0.0)
-    pipeline: list[float] = []
-    bare: list[float] = []
+    pipeline: list[Timing] = []
+    bare: list[Timing] = []
     try:
         await generate(server.base_url, 2, 3, 1)
         for _ in range(1 if quick else BARE_REPEATS):
             start = server.stats()["calls"]
             run = await timed(generate(server.base_url, BARE_CONVERSATIONS, rounds, 1))
             bodies = server.requests(start)
-            pipeline.append(run.wall / len(bodies))
-            bare.append(bare_sync_replay(server.base_url, bodies) / len(bodies))
+            pipeline.append(Timing(run.wall / len(bodies), run.cpu / len(bodies)))
+            replay = bare_sync_replay(server.base_url, bodies)
+            bare.append(Timing(replay.wall / len(bodies), replay.cpu / len(bodies)))
     finally:
         server.stop()
-    best, base = min(pipeline), min(bare)
-    runs = "/".join(f"{1000 * v:.2f}" for v in pipeline)
+    best, base = min(t.wall for t in pipeline), min(t.wall for t in bare)
+    best_cpu, base_cpu = min(t.cpu for t in pipeline), min(t.cpu for t in bare)
+    runs = "/".join(f"{1000 * t.wall:.2f}" for t in pipeline)
     shape = f"{BARE_CONVERSATIONS} x {rounds} rounds @1, {len(bodies)} calls; runs {runs}"
     return [
         Row(
@@ -177,7 +187,13 @@ async def bare_part(quick: bool) -> list[Row]:
             best / base,
             f"<= {BARE_GOAL}",
             best / base <= BARE_GOAL,
-        )
+        ),
+        Row(
+            "   client CPU ms per call, same runs",
+            f"{1000 * best_cpu:.2f} ms",
+            f"{1000 * base_cpu:.2f} ms",
+            best_cpu / base_cpu,
+        ),
     ]
 
 

@@ -25,7 +25,7 @@ from graph_distill.llm.settings import (
     resolve_settings,
 )
 from graph_distill.llm.structured import LevelMemory
-from graph_distill.llm.throttle import is_stream_cut
+from graph_distill.llm.throttle import failed_while_coping, is_stream_cut
 
 Role = Literal["user", "assistant", "distill"]
 
@@ -216,18 +216,30 @@ def _chat_openai(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Errors worth another attempt of a whole node: those the client does not retry itself.
+    """Errors worth another attempt of a whole node.
 
     The openai client already retried 429s, 5xx answers, timeouts and failed connections
-    (``max_retries`` times, honouring Retry-After); another node attempt would multiply those
-    requests. What it cannot retry is a streamed reply cut midway."""
+    (``max_retries`` times, honouring Retry-After). Another node attempt would multiply those
+    requests, so the node asks again only when most of the run's recent requests succeeded
+    (the failures were sporadic): a failing or unreachable server gets at most
+    ``max_retries + 1`` requests per model call. What the client cannot retry, a streamed
+    reply cut midway, the node always does."""
     if is_stream_cut(error):
         return True
+    if isinstance(error, _CLIENT_RETRIED):
+        return failed_while_coping(error)
     if isinstance(error, openai.APIError):
         return False
     if isinstance(error, ConnectionError | TimeoutError):
         return True
     return any(cls.__name__ == "TransportError" for cls in type(error).__mro__)
+
+
+_CLIENT_RETRIED = (
+    openai.APIConnectionError,  # timeouts included
+    openai.RateLimitError,
+    openai.InternalServerError,
+)
 
 
 LLM_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, retry_on=is_transient)

@@ -145,6 +145,12 @@ class RunThrottle(BaseRateLimiter):
             elif len(self._recent) == self.policy.window_requests:
                 self._level = 0
 
+    def server_coping(self) -> bool:
+        """Whether most recent requests succeeded (their failures look sporadic)."""
+        with self._lock:
+            failures = sum(not ok for _, ok in self._recent)
+            return len(self._recent) - failures > failures
+
     def stats(self) -> ThrottleStats:
         with self._lock:
             return ThrottleStats(self._requests, self._failed, tuple(self._pauses))
@@ -190,6 +196,7 @@ def request_succeeded(status_code: int) -> bool:
 
 
 _CUT_MARK = "graph_distill_stream_cut"
+_COPING_MARK = "graph_distill_server_coping"
 
 
 def is_stream_cut(error: BaseException) -> bool:
@@ -200,6 +207,20 @@ def is_stream_cut(error: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         if getattr(current, _CUT_MARK, False):
             return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def failed_while_coping(error: BaseException) -> bool:
+    """Whether the request behind ``error`` failed while most of the run's recent requests
+    succeeded (a sporadic fault, not a failing server). False when nothing says so."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        for holder in (current, getattr(current, "response", None)):
+            if getattr(holder, _COPING_MARK, False):
+                return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
@@ -249,8 +270,9 @@ class ThrottledAsyncClient(openai.DefaultAsyncHttpxClient):
         started_at = self.throttle.now()
         try:
             response = await super().send(request, stream=stream, **kwargs)
-        except Exception:
+        except Exception as error:
             self.throttle.record(False, started_at)
+            setattr(error, _COPING_MARK, self.throttle.server_coping())
             raise
         succeeded = request_succeeded(response.status_code)
         if stream and succeeded:
@@ -259,4 +281,6 @@ class ThrottledAsyncClient(openai.DefaultAsyncHttpxClient):
             )
         else:
             self.throttle.record(succeeded, started_at)
+            if not succeeded:
+                setattr(response, _COPING_MARK, self.throttle.server_coping())
         return response

@@ -18,7 +18,7 @@ from graph_distill.llm.models import (
     is_transient,
     model_name,
 )
-from graph_distill.llm.resources import RunResources
+from graph_distill.llm.resources import RunResources, with_resources
 from graph_distill.llm.settings import (
     DEFAULT_MODEL,
     ENV_NAMES,
@@ -422,3 +422,19 @@ async def test_a_cut_stream_is_asked_again_by_the_node(fake: FakeOpenAIServer) -
     assert [record.fault for record in fake.records] == ["drop", None]
     assert all(record.body.get("stream") for record in fake.records)
     assert chunks
+
+
+async def test_a_sporadic_failure_is_asked_again_by_the_node(fake: FakeOpenAIServer) -> None:
+    """When most of the run's recent requests succeeded, a call whose client retries all failed
+    gets another attempt of its node (a flaky server is not a failing one)."""
+    ctx = ConversationContext(base_url=fake.base_url, min_rounds=1, max_rounds=3)
+    async with RunResources() as resources:
+        config = with_resources({}, resources)
+        await conversation_graph.ainvoke({"target_rounds": 3}, config, context=ctx)  # 5 calls
+        healthy = fake.calls
+        for _ in range(4):
+            fake.enqueue_fault("429", retry_after=0.01)
+        out = await conversation_graph.ainvoke({"target_rounds": 1}, config, context=ctx)
+    faults = [record.fault for record in fake.records[healthy:]]
+    assert faults == ["429"] * 4 + [None]
+    assert out["conversation_record"]["total_rounds"] == 1
