@@ -50,7 +50,6 @@ from bench_generate import Row, print_table, realistic_responder
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.scenarios import Scenario, builtin_scenarios, pick_scenario
-from graph_distill.llm.throttle import shared_throttle
 from graph_distill.run.generation import RunPlan, conversation_seed, run_conversations
 from graph_distill.run.progress import Reporter
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates, message_text
@@ -184,7 +183,7 @@ async def _generate(base_url: str, shape: Shape, count: int) -> tuple[float, int
         wall = time.perf_counter() - began
     if summary.failures or summary.rounds != count * shape.rounds:
         raise RuntimeError(f"bad run: {summary.failures or summary.closing_line()}")
-    pauses = shared_throttle(None, asyncio.get_running_loop()).stats().pauses
+    pauses = summary.resources.stats().pauses
     return wall, len(pauses)
 
 

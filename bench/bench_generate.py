@@ -121,6 +121,8 @@ class Server(Protocol):
 
     def requests(self, start: int) -> list[dict[str, Any]]: ...
 
+    def timeline(self, start: int) -> list[tuple[float, float]]: ...
+
 
 class LocalServer:
     def __init__(self, server: FakeOpenAIServer) -> None:
@@ -133,13 +135,27 @@ class LocalServer:
     def requests(self, start: int) -> list[dict[str, Any]]:
         return self.server.requests[start:]
 
+    def timeline(self, start: int) -> list[tuple[float, float]]:
+        return timeline(self.server, start)
+
+
+def timeline(server: FakeOpenAIServer, start: int) -> list[tuple[float, float]]:
+    """When each request from the ``start``-th on arrived and when its answer was sent whole
+    (``time.monotonic``)."""
+    return [(r.received_at, r.answered_at or r.received_at) for r in server.records[start:]]
+
 
 def _serve(conn: Connection, latency: float) -> None:
     with FakeOpenAIServer(realistic_responder(), latency=latency) as server:
         conn.send(server.base_url)
         while (command := conn.recv()) != "stop":
             name, argument = command
-            conn.send(server.stats if name == "stats" else server.requests[argument:])
+            if name == "stats":
+                conn.send(server.stats)
+            elif name == "timeline":
+                conn.send(timeline(server, argument))
+            else:
+                conn.send(server.requests[argument:])
 
 
 class ChildServer:
@@ -159,6 +175,10 @@ class ChildServer:
 
     def requests(self, start: int) -> list[dict[str, Any]]:
         self.conn.send(("requests", start))
+        return self.conn.recv()
+
+    def timeline(self, start: int) -> list[tuple[float, float]]:
+        self.conn.send(("timeline", start))
         return self.conn.recv()
 
     def stop(self) -> None:

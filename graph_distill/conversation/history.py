@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from graph_distill.llm.resources import run_resources
 from graph_distill.llm.tokens import count_tokens
 
 # Role framing the chat template adds around each message.
@@ -13,7 +14,9 @@ MESSAGE_OVERHEAD_TOKENS = 4
 
 
 def message_tokens(message: BaseMessage) -> int:
-    return count_tokens(message.text) + MESSAGE_OVERHEAD_TOKENS
+    """Tokens of ``message``, encoded once: a message's text is counted on its first call and
+    then found by the string itself (whose hash Python keeps), not re-encoded per call."""
+    return count_tokens(_text(message)) + MESSAGE_OVERHEAD_TOKENS
 
 
 def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[BaseMessage]:
@@ -33,7 +36,20 @@ def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[Base
 
 
 def flipped(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """The conversation from the simulated user's side: their own lines become the AI's."""
-    return [
-        AIMessage(m.text) if isinstance(m, HumanMessage) else HumanMessage(m.text) for m in messages
-    ]
+    """The conversation from the simulated user's side: their own lines become the AI's.
+
+    Each message is flipped once per run (kept by the run's resources), not on every call."""
+    resources = run_resources()
+    return [resources.derived("flipped", m, _flip) for m in messages]
+
+
+def _flip(message: BaseMessage) -> BaseMessage:
+    if isinstance(message, HumanMessage):
+        return AIMessage(content=_text(message))
+    return HumanMessage(content=_text(message))
+
+
+def _text(message: BaseMessage) -> str:
+    # The content itself when it is a string (no copy; ``text`` builds a new string each time).
+    content = message.content
+    return content if isinstance(content, str) else message.text

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-from functools import lru_cache
-from typing import Literal
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import openai
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from langgraph.types import RetryPolicy
+from pydantic import PrivateAttr
 
 from graph_distill.context import ModelContext
+from graph_distill.llm.resources import RunResources, run_resources
 from graph_distill.llm.settings import (
     KEYLESS_PLACEHOLDER,
     ModelSettings,
@@ -19,9 +24,95 @@ from graph_distill.llm.settings import (
     require_usable,
     resolve_settings,
 )
-from graph_distill.llm.throttle import RunThrottle, ThrottledAsyncClient, shared_throttle
+from graph_distill.llm.structured import LevelMemory
+from graph_distill.llm.throttle import failed_while_coping, is_stream_cut
 
 Role = Literal["user", "assistant", "distill"]
+
+_PLAIN_ROLES: dict[type[BaseMessage], str] = {
+    HumanMessage: "user",
+    AIMessage: "assistant",
+    SystemMessage: "system",
+}
+# ChatOpenAI sends system messages to these models as "developer" messages.
+_O_SERIES = re.compile(r"^o\d")
+
+
+def _plain_dict(message: BaseMessage) -> dict[str, Any] | None:
+    """What ChatOpenAI sends for a plain text message (no name, tool calls or extra fields);
+    None for any other message."""
+    role = _PLAIN_ROLES.get(type(message))
+    content = message.content
+    if role is None or not isinstance(content, str) or message.name or message.additional_kwargs:
+        return None
+    if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
+        return None
+    return {"content": content, "role": role}
+
+
+def plain_dicts(
+    messages: Sequence[BaseMessage], resources: RunResources | None = None
+) -> list[dict[str, Any]] | None:
+    """The request's messages when all are plain text messages; None otherwise. With
+    ``resources``, each message is converted once per run."""
+    dicts = []
+    for message in messages:
+        if resources is None:
+            converted = _plain_dict(message)
+        else:
+            converted = resources.derived("plain_dict", message, _plain_dict)
+        if converted is None:
+            return None
+        dicts.append(converted)
+    return dicts
+
+
+def _as_messages(input_: LanguageModelInput) -> list[BaseMessage] | None:
+    """``input_`` when it already is a list of messages (as the chat model's own calls pass
+    it), saving a second pass of conversion."""
+    if isinstance(input_, list) and all(isinstance(m, BaseMessage) for m in input_):
+        return input_
+    return None
+
+
+class RunChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` whose requests cost the same at any history length.
+
+    The openai SDK walks every message of a request against its TypedDicts (``transform``),
+    which changes nothing for chat messages yet costs more than the rest of the call once a
+    conversation is long. So the messages travel in ``extra_body``, which the SDK merges into
+    the body unchanged, in the place ``messages`` has there: the bytes on the wire stay the
+    same, on every path to the SDK (create, with_raw_response, parse, streaming), and the
+    model's own ``extra_body`` entries are kept. Plain text messages are converted directly
+    (as ChatOpenAI would); anything else goes through ChatOpenAI's own conversion.
+    """
+
+    _levels: LevelMemory = PrivateAttr(default_factory=LevelMemory)
+    _resources: RunResources | None = PrivateAttr(default=None)
+
+    @property
+    def structured_levels(self) -> LevelMemory:
+        """The structured-output levels of the run this model belongs to."""
+        return self._levels
+
+    def _get_request_payload(
+        self, input_: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict:
+        messages = _as_messages(input_) or self._convert_input(input_).to_messages()
+        o_series = _O_SERIES.match(self.model_name or "")
+        plain = None if o_series else plain_dicts(messages, self._resources)
+        payload = super()._get_request_payload(
+            [] if plain is not None else messages, stop=stop, **kwargs
+        )
+        if "messages" not in payload:  # the Responses API: no chat messages to carry
+            return super()._get_request_payload(messages, stop=stop, **kwargs)
+        extra_body = payload.get("extra_body") or {}
+        payload["extra_body"] = {
+            **extra_body,
+            "messages": plain if plain is not None else payload["messages"],
+        }
+        payload["messages"] = []
+        return payload
 
 
 def _settings(context: ModelContext, role: Role) -> ModelSettings:
@@ -40,17 +131,51 @@ def model_name(context: ModelContext, role: Role) -> str:
     return _settings(context, role).model_for(role)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _ModelSpec:
+    base_url: str
+    api_key: str
+    model: str
+    temperature: float
+    max_tokens: int
+    timeout: float
+    max_retries: int
+    streams: bool
+
+
 def chat_model(
     context: ModelContext,
     role: Role,
     *,
     temperature: float,
     max_tokens: int,
+    resources: RunResources | None = None,
 ) -> ChatOpenAI:
-    """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``."""
+    """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``.
+
+    Built once per run and settings (env and ``.env`` are read then): ``resources`` default
+    to those of the run the calling node belongs to (see ``run_resources``)."""
+    if resources is None:
+        resources = run_resources(requests_per_minute=context.requests_per_minute)
+    given = (
+        context.api_key,
+        context.base_url,
+        context.model,
+        getattr(context, f"{role}_model", None),
+    )
+    key = (role, *given, context.request_timeout, context.max_retries, temperature, max_tokens)
+    return resources.model(key, lambda: _build(context, role, temperature, max_tokens, resources))
+
+
+def _build(
+    context: ModelContext,
+    role: Role,
+    temperature: float,
+    max_tokens: int,
+    resources: RunResources,
+) -> RunChatOpenAI:
     settings = require_usable(_settings(context, role))
-    loop = _running_loop()
-    return _build(
+    spec = _ModelSpec(
         base_url=settings.base_url,
         api_key=settings.api_key or KEYLESS_PLACEHOLDER,
         model=settings.model_for(role),
@@ -59,72 +184,62 @@ def chat_model(
         timeout=context.request_timeout,
         max_retries=context.max_retries,
         streams=role == "assistant",
-        loop=loop,
-        throttle=shared_throttle(context.requests_per_minute, loop),
     )
+    return _chat_openai(spec, resources)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-@lru_cache(maxsize=64)
-def _build(
-    *,
-    base_url: str,
-    api_key: str,
-    model: str,
-    temperature: float,
-    max_tokens: int,
-    timeout: float,
-    max_retries: int,
-    streams: bool,
-    loop: asyncio.AbstractEventLoop | None,
-    throttle: RunThrottle,
-) -> ChatOpenAI:
-    # Cached: a new client per call would cost connection setup on every model call. One per
-    # event loop: an async HTTP client cannot be used after the loop it connected in closes.
-    # Every request of the run (retries included) goes through the run's one throttle.
-    http_async_client = ThrottledAsyncClient(throttle) if loop is not None else None
-    extra_body = {"thinking": {"type": "disabled"}} if is_mimo(base_url) else None
-    if not is_mimo(base_url) and urlparse(base_url).hostname != "api.openai.com":
+def _chat_openai(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
+    # Every request of the run (the client's retries included) goes through the run's one
+    # HTTP client and so through its throttle.
+    extra_body = {"thinking": {"type": "disabled"}} if is_mimo(spec.base_url) else None
+    if not is_mimo(spec.base_url) and urlparse(spec.base_url).hostname != "api.openai.com":
         # ChatOpenAI sends only max_completion_tokens; llama.cpp-style servers read max_tokens
         # and would otherwise generate until the context is full.
-        extra_body = {"max_tokens": max_tokens}
-    return ChatOpenAI(
-        base_url=base_url,
-        api_key=api_key,
-        model=model,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        timeout=timeout,
-        max_retries=max_retries,
+        extra_body = {"max_tokens": spec.max_tokens}
+    model = RunChatOpenAI(
+        base_url=spec.base_url,
+        api_key=spec.api_key,
+        model=spec.model,
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        timeout=spec.timeout,
+        max_retries=spec.max_retries,
         stream_usage=True,
         extra_body=extra_body,
-        http_async_client=http_async_client,
+        http_async_client=resources.http_client(),
         # Only the assistant's reply is ever shown live; other roles never pay for streaming.
-        disable_streaming=not streams,
+        disable_streaming=not spec.streams,
     )
+    model._levels = resources.levels
+    model._resources = resources
+    return model
 
 
 def is_transient(error: BaseException) -> bool:
-    """Errors worth another attempt of a whole node (the client already retried 429/5xx)."""
-    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
-        return False
-    if isinstance(
-        error,
-        openai.APIConnectionError
-        | openai.RateLimitError
-        | openai.InternalServerError
-        | ConnectionError
-        | TimeoutError,
-    ):
+    """Errors worth another attempt of a whole node.
+
+    The openai client already retried 429s, 5xx answers, timeouts and failed connections
+    (``max_retries`` times, honouring Retry-After). Another node attempt would multiply those
+    requests, so the node asks again only when most of the run's recent requests succeeded
+    (the failures were sporadic): a failing or unreachable server gets at most
+    ``max_retries + 1`` requests per model call. What the client cannot retry, a streamed
+    reply cut midway, the node always does."""
+    if is_stream_cut(error):
         return True
-    # A stream cut midway surfaces as the HTTP library's own transport error (httpx or httpx2).
+    if isinstance(error, _CLIENT_RETRIED):
+        return failed_while_coping(error)
+    if isinstance(error, openai.APIError):
+        return False
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
     return any(cls.__name__ == "TransportError" for cls in type(error).__mro__)
+
+
+_CLIENT_RETRIED = (
+    openai.APIConnectionError,  # timeouts included
+    openai.RateLimitError,
+    openai.InternalServerError,
+)
 
 
 LLM_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, retry_on=is_transient)

@@ -2,8 +2,10 @@
 
 The cascade tries ``json_schema`` structured output, then JSON mode, then a plain prompt,
 moving down a level only when the server refuses the request (400/422, as llama.cpp's server
-does for ``json_schema``). The level that worked is remembered per (base URL, model) so later
-calls skip the refusals. Every reply goes through a tolerant parse; one that still does not
+does for ``json_schema``); a transient failure (5xx, dropped connection) is retried at the same
+level by the client and never moves it. The level that worked is remembered per (base URL,
+model) by the run (``LevelMemory``, held by the run's resources) so later calls skip the
+refusals. Every reply goes through a tolerant parse; one that still does not
 parse gets one repair call (or, when it was empty, one repeat of the request).
 
 Callers must describe the expected JSON in their messages: JSON mode and plain prompts see only
@@ -46,9 +48,6 @@ _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _INTEGER = re.compile(r"-?\d+")
 _MAX_START_POSITIONS = 20
 
-_working_levels: dict[tuple[str, str], Level] = {}
-_levels_lock = threading.Lock()
-
 
 @dataclass(frozen=True, kw_only=True)
 class OutputSpec:
@@ -76,22 +75,28 @@ def server_key(model: ChatOpenAI) -> tuple[str, str]:
     return (str(model.openai_api_base or ""), str(model.model_name))
 
 
-def working_level(model: ChatOpenAI) -> Level:
-    """The highest level not yet refused by this model's server."""
-    with _levels_lock:
-        return _working_levels.get(server_key(model), Level.JSON_SCHEMA)
+class LevelMemory:
+    """The highest level each server (base URL, model) has not refused, for one run."""
+
+    def __init__(self) -> None:
+        self._levels: dict[tuple[str, str], Level] = {}
+        self._lock = threading.Lock()
+
+    def working_level(self, model: ChatOpenAI) -> Level:
+        with self._lock:
+            return self._levels.get(server_key(model), Level.JSON_SCHEMA)
+
+    def remember(self, model: ChatOpenAI, level: Level) -> None:
+        with self._lock:
+            known = self._levels.get(server_key(model), Level.JSON_SCHEMA)
+            self._levels[server_key(model)] = max(known, level, key=LEVELS.index)
 
 
-def forget_levels() -> None:
-    """Forget every remembered level (servers may change behind a reused address)."""
-    with _levels_lock:
-        _working_levels.clear()
-
-
-def _remember(key: tuple[str, str], level: Level) -> None:
-    with _levels_lock:
-        known = _working_levels.get(key, Level.JSON_SCHEMA)
-        _working_levels[key] = max(known, level, key=LEVELS.index)
+def levels_of(model: ChatOpenAI) -> LevelMemory:
+    """The level memory of the run that built ``model`` (a fresh one for a model built
+    elsewhere, which then learns its server's level anew on each call)."""
+    memory = getattr(model, "structured_levels", None)
+    return memory if isinstance(memory, LevelMemory) else LevelMemory()
 
 
 # ---------------------------------------------------------------- tolerant parsing
@@ -239,7 +244,8 @@ async def ainvoke_structured(
     """
     usage = empty_usage()
     refusals: list[str] = []
-    start = LEVELS.index(working_level(model))
+    levels = levels_of(model)
+    start = LEVELS.index(levels.working_level(model))
     for level in LEVELS[start:]:
         try:
             message = await _ask(model, level, messages, spec)
@@ -251,7 +257,7 @@ async def ainvoke_structured(
             refusals.append(f"{level}: {error.message}")
             continue
         if refusals:  # only once a lower level works: a 400 may have another cause
-            _remember(server_key(model), level)
+            levels.remember(model, level)
         usage = add_usage(usage, usage_of(message))
         return await _settle(model, level, messages, spec, message, usage)
     error = "the server refused every structured-output method (" + "; ".join(refusals) + ")"

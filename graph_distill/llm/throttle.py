@@ -1,7 +1,8 @@
 """Run-wide request pacing: an optional requests-per-minute cap, and a back-off that pauses new
 requests while most recent ones fail.
 
-One ``RunThrottle`` serves every model a run builds. It is a LangChain ``BaseRateLimiter``, but
+One ``RunThrottle`` serves every model a run builds (it belongs to the run's
+``graph_distill.llm.resources.RunResources``). It is a LangChain ``BaseRateLimiter``, but
 it is not handed to ChatOpenAI's ``rate_limiter``: that is consulted once per model call, while
 the openai client retries 429s, 5xx answers and dropped connections underneath it, and each of
 those retries is a request too (it costs quota, and its failure is what a back-off must see).
@@ -19,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import httpx2
@@ -145,6 +145,12 @@ class RunThrottle(BaseRateLimiter):
             elif len(self._recent) == self.policy.window_requests:
                 self._level = 0
 
+    def server_coping(self) -> bool:
+        """Whether most recent requests succeeded (their failures look sporadic)."""
+        with self._lock:
+            failures = sum(not ok for _, ok in self._recent)
+            return len(self._recent) - failures > failures
+
     def stats(self) -> ThrottleStats:
         with self._lock:
             return ThrottleStats(self._requests, self._failed, tuple(self._pauses))
@@ -189,8 +195,40 @@ def request_succeeded(status_code: int) -> bool:
     return status_code != 429 and status_code < 500
 
 
+_CUT_MARK = "graph_distill_stream_cut"
+_COPING_MARK = "graph_distill_server_coping"
+
+
+def is_stream_cut(error: BaseException) -> bool:
+    """Whether ``error`` comes from a streamed reply cut midway: the openai client wraps that
+    in an ``APIConnectionError`` like a failed connection, but, unlike one, never retries it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if getattr(current, _CUT_MARK, False):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def failed_while_coping(error: BaseException) -> bool:
+    """Whether the request behind ``error`` failed while most of the run's recent requests
+    succeeded (a sporadic fault, not a failing server). False when nothing says so."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        for holder in (current, getattr(current, "response", None)):
+            if getattr(holder, _COPING_MARK, False):
+                return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class _ReportedBody(httpx2.AsyncByteStream):
-    """A streamed response body that reports once whether it arrived whole."""
+    """A streamed response body that reports once whether it arrived whole (and marks the
+    error of one that did not: see ``is_stream_cut``)."""
 
     def __init__(self, body: httpx2.AsyncByteStream, report: Callable[[bool], None]) -> None:
         self._body = body
@@ -201,7 +239,8 @@ class _ReportedBody(httpx2.AsyncByteStream):
         try:
             async for part in self._body:
                 yield part
-        except Exception:
+        except Exception as error:
+            setattr(error, _CUT_MARK, True)
             self._settle(False)
             raise
         self._settle(True)
@@ -231,8 +270,9 @@ class ThrottledAsyncClient(openai.DefaultAsyncHttpxClient):
         started_at = self.throttle.now()
         try:
             response = await super().send(request, stream=stream, **kwargs)
-        except Exception:
+        except Exception as error:
             self.throttle.record(False, started_at)
+            setattr(error, _COPING_MARK, self.throttle.server_coping())
             raise
         succeeded = request_succeeded(response.status_code)
         if stream and succeeded:
@@ -241,11 +281,6 @@ class ThrottledAsyncClient(openai.DefaultAsyncHttpxClient):
             )
         else:
             self.throttle.record(succeeded, started_at)
+            if not succeeded:
+                setattr(response, _COPING_MARK, self.throttle.server_coping())
         return response
-
-
-@lru_cache(maxsize=64)
-def shared_throttle(requests_per_minute: float | None, loop: object | None) -> RunThrottle:
-    """The throttle of one run: one per setting and event loop (a run is one ``asyncio.run``),
-    so every model the run builds, whatever its role, shares it."""
-    return RunThrottle(requests_per_minute)

@@ -15,9 +15,11 @@ def encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding(ENCODING_NAME)
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=65536)
 def count_tokens(text: str) -> int:
-    """Tokens in ``text`` (cached: histories are re-counted on every call)."""
+    """Tokens in ``text``, encoded once per distinct text: a history window looks at every
+    message on every call, and must not encode them again (room for 48 conversations of 100
+    rounds and their distillation many times over)."""
     return len(encoding().encode_ordinary(text))
 
 

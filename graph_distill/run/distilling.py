@@ -31,6 +31,7 @@ from graph_distill.files.readers import (
 from graph_distill.files.streams import ReaderUnavailable, count_records, require_reader
 from graph_distill.files.writing import distilled_file, distilled_path, write_json_atomic
 from graph_distill.llm.models import model_name
+from graph_distill.llm.resources import RunResources, with_resources
 from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices, format_duration
 from graph_distill.run.ledger import format_usd as usd
 from graph_distill.run.progress import ALREADY_DONE, RecordReporter, Reporter
@@ -138,11 +139,12 @@ async def distill_record(
         "max_concurrency": concurrency,
         "callbacks": [summary.ledger.callback("distillation")],
     }
-    inputs: dict[str, Any] | None = {"conversation": source.messages}
     if thread_id is not None:
         config["configurable"] = {"thread_id": thread_id}
-        if (await graph.aget_state(config)).created_at is not None:
-            inputs = None
+    config = with_resources(config, summary.resources)
+    inputs: dict[str, Any] | None = {"conversation": source.messages}
+    if thread_id is not None and (await graph.aget_state(config)).created_at is not None:
+        inputs = None
     try:
         result = await graph.ainvoke(inputs, config, context=ctx)
     except Exception as error:
@@ -404,7 +406,9 @@ async def distill_inputs(
             require_reader(path)
         except ReaderUnavailable as error:
             raise FatalRunError(str(error)) from None
-    summary = DistillSummary(ledger=CostLedger(prices))
+    summary = DistillSummary(
+        ledger=CostLedger(prices), resources=RunResources(ctx.requests_per_minute)
+    )
     produce = produce or local_producer(ctx, concurrency)
     job = _Job(target, distill_settings(ctx, model), produce, force, reporter, summary)
     reporter.begin(_total(inputs))
@@ -418,7 +422,8 @@ async def distill_inputs(
     works = (job.work(record) for record in _records(inputs, read_options or ReadOptions(), job))
     try:
         with reported(summary, target.report_dir, ctx, dict(settings), RETRY_HINT):
-            await _pump(works, concurrency)
+            async with summary.resources:
+                await _pump(works, concurrency)
     finally:
         job.close()
     return summary

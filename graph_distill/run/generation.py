@@ -34,6 +34,7 @@ from graph_distill.files.writing import (
     write_if_free,
 )
 from graph_distill.llm.models import model_name
+from graph_distill.llm.resources import RunResources, with_resources
 from graph_distill.pipeline import pipeline_builder
 from graph_distill.run.distilling import distill_source, save_distilled
 from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices
@@ -155,7 +156,9 @@ class _DurableRun:
         self.run_id = run_id
         self.saver = saver
         self.summary = RunSummary(
-            run_id=run_id, ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens)
+            run_id=run_id,
+            ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens),
+            resources=RunResources(ctx.requests_per_minute),
         )
         builder = pipeline_builder if plan.distill else conversation_builder
         self.graph = builder.compile(
@@ -175,6 +178,7 @@ class _DurableRun:
                 await asyncio.gather(*pending)
         finally:
             await cancel_all(self.tasks)
+            await self.summary.resources.aclose()
         await self._close_if_complete()
 
     async def _replace_if_stalled(self, record: dict[str, Any]) -> None:
@@ -215,12 +219,13 @@ class _DurableRun:
         self.summary.not_started += 1
 
     def _config(self, item: RunItem) -> RunnableConfig:
-        return {
+        config: RunnableConfig = {
             "configurable": {"thread_id": item.conversation_id},
             "recursion_limit": recursion_limit(self.ctx.max_rounds),
             "max_concurrency": self.plan.concurrency,
             "callbacks": [self.summary.ledger.callback(PIPELINE_PHASES)],
         }
+        return with_resources(config, self.summary.resources)
 
     async def _run_graph(self, item: RunItem) -> None:
         """Generate (and distill) one conversation, or go on from its last checkpoint."""

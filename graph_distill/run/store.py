@@ -22,6 +22,8 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from graph_distill.run.checkpoint_serde import MessagePackingSerializer
+
 DB_NAME = ".graph-distill-runs.sqlite"
 # How long a write waits for another process's (two runs may share a directory).
 BUSY_TIMEOUT_SECONDS = 60.0
@@ -285,7 +287,7 @@ async def open_store(
         # In WAL mode NORMAL survives a killed process; only a power cut may lose the last steps.
         await connection.execute("PRAGMA synchronous=NORMAL")
         await connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
-        saver = RunCheckpointSaver(connection)
+        saver = RunCheckpointSaver(connection, serde=MessagePackingSerializer())
         await saver.setup()
         manifest = RunManifest(saver, path)
         await manifest.setup()

@@ -16,7 +16,7 @@ from langgraph.graph.state import CompiledStateGraph
 from graph_distill.context import ModelContext
 from graph_distill.files.writing import RUN_REPORT_NAME, write_json_atomic
 from graph_distill.llm.models import describe_error
-from graph_distill.llm.throttle import shared_throttle
+from graph_distill.llm.resources import RunResources
 from graph_distill.run.ledger import (
     CostLedger,
     format_duration,
@@ -53,6 +53,8 @@ class RunSummary:
     # Conversations not started because the token budget was spent.
     not_started: int = 0
     report_path: Path | None = None
+    # The run's HTTP client, models, request throttle and structured-output levels.
+    resources: RunResources = field(default_factory=RunResources)
 
     def closing_line(self) -> str:
         total = self.ledger.total()
@@ -79,9 +81,8 @@ class RunSummary:
         """Write ``run_report.json`` into ``directory`` unless the run did nothing at all."""
         if not (self.ledger.total().usage["calls"] or self.failures or self.not_started):
             return
-        requests = shared_throttle(context.requests_per_minute, asyncio.get_running_loop())
         path = Path(directory) / RUN_REPORT_NAME
-        report = run_report(self, context, throttle=requests.stats(), settings=settings)
+        report = run_report(self, context, throttle=self.resources.stats(), settings=settings)
         write_json_atomic(path, report)
         self.report_path = path
 

@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import pytest
@@ -20,7 +20,7 @@ from graph_distill.distill.notes import group_for_budget, merge_repeats, recover
 from graph_distill.distill.splitting import split_conversation
 from graph_distill.distill.state import NOTE_SECTIONS, Notes
 from graph_distill.llm.prompting import load_prompt
-from graph_distill.llm.structured import forget_levels
+from graph_distill.llm.resources import RunResources, with_resources
 from tests.support.fake_openai import FakeOpenAIServer
 
 SHARED_INSIGHT = "Caching parsed templates avoids repeated disk reads"
@@ -34,13 +34,6 @@ KIND_MARKS = {
         ("raw_summary", "distill_raw_summary"),
     ]
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_levels() -> Iterator[None]:
-    forget_levels()
-    yield
-    forget_levels()
 
 
 # ---------------------------------------------------------------- helpers
@@ -140,7 +133,7 @@ async def distill(
 ) -> dict[str, Any]:
     return await distill_graph.ainvoke(
         {"conversation": messages},
-        {"max_concurrency": concurrency},
+        with_resources({"max_concurrency": concurrency}, RunResources()),
         context=context(server, **settings),
     )
 

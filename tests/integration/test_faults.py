@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ from click.testing import CliRunner
 from graph_distill.cli.main import main
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.scenarios import builtin_scenarios
-from graph_distill.llm import models
-from graph_distill.llm.throttle import shared_throttle
 from graph_distill.run.generation import RunPlan, run_conversations
 from graph_distill.run.progress import Reporter
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates, _Fault
@@ -58,15 +55,6 @@ class WitnessServer(FakeOpenAIServer):
         return reply
 
 
-@pytest.fixture(autouse=True)
-def fresh_builders() -> Iterator[None]:
-    models._build.cache_clear()
-    shared_throttle.cache_clear()
-    yield
-    models._build.cache_clear()
-    shared_throttle.cache_clear()
-
-
 def read_all(directory: Path) -> dict[Path, dict[str, Any]]:
     return {path: json.loads(path.read_text()) for path in json_files(directory)}
 
@@ -93,6 +81,15 @@ def check_distilled(data: dict[str, Any], conversation: dict[str, Any]) -> None:
             assert chunk["distilled_content"].strip() and chunk["notes"]["topic"] is not None
         else:
             assert chunk["status"] == "raw" and chunk["error"]
+
+
+# Runs of --resume allowed for chunks that a 20% broken-JSON rate left without notes.
+RAW_RETRIES = 3
+
+
+def only_raw_notes_failed(output: str) -> bool:
+    failed = [line for line in output.splitlines() if line.startswith("  ")]
+    return bool(failed) and all("no chunk got usable notes" in line for line in failed)
 
 
 def check_run(tmp_path: Path, server: WitnessServer) -> None:
@@ -134,6 +131,13 @@ def test_cli_run_survives_faults(kind: str, tmp_path: Path) -> None:
         ]
         result = CliRunner().invoke(main, args, catch_exceptions=False)
         faults = server.fault_counts
+        for _ in range(RAW_RETRIES):
+            if result.exit_code != 1:
+                break
+            # A chunk whose every attempt came back broken is kept raw: counted as a failure,
+            # never silent, and the next run (--resume) redoes it.
+            assert only_raw_notes_failed(result.output), result.output
+            result = CliRunner().invoke(main, [*args, "--resume"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     injected = {"mixed": ("429", "500", "drop", "broken_json")}.get(kind, (kind,))
@@ -188,6 +192,12 @@ async def test_cut_streams_are_never_saved(tmp_path: Path) -> None:
             concurrency=8,
         )
         summary = await run_conversations(plan, ctx, reporter)
+        for _ in range(RAW_RETRIES):
+            if not summary.failures:
+                break
+            assert all("no chunk got usable notes" in why for _, why in summary.failures)
+            plan.run_id = summary.run_id
+            summary = await run_conversations(plan, ctx, reporter)
         records = server.records
     assert not summary.failures
     cut = [r for r in records if r.fault == "drop"]

@@ -16,7 +16,6 @@ from rich.console import Console
 
 from graph_distill.cli.terminal import cost_table
 from graph_distill.context import PipelineContext
-from graph_distill.llm import models
 from graph_distill.llm.models import chat_model
 from graph_distill.llm.throttle import ThrottleStats
 from graph_distill.llm.usage import Usage
@@ -53,6 +52,9 @@ class Outcome:
     failures: list[tuple[str, str]] = field(default_factory=list)
     not_started: int = 0
     unfinished: int = 0
+    raw_chunks: int = 0
+    stalled: int = 0
+    replaced: int = 0
 
 
 class Clock:
@@ -160,7 +162,6 @@ def test_durations_read_naturally(seconds: float, shown: str) -> None:
 
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_ledger_callback_counts_what_the_server_counted(streamed: bool) -> None:
-    models._build.cache_clear()
     ledger = CostLedger(MIMO_V2_FLASH_PRICES, budget_tokens=10**9)
     system = SystemMessage("You explain things step by step, patiently and carefully. " * 30)
     config: RunnableConfig = {"callbacks": [ledger.callback("generation")]}
@@ -188,7 +189,6 @@ async def test_ledger_callback_counts_what_the_server_counted(streamed: bool) ->
 
 
 async def test_failed_calls_are_not_counted() -> None:
-    models._build.cache_clear()
     ledger = CostLedger()
     with FakeOpenAIServer(faults=FaultRates(rate_500=1.0)) as server:
         ctx = PipelineContext(base_url=server.base_url, api_key="sk-test", max_retries=0)
@@ -269,6 +269,9 @@ def test_run_report_holds_figures_settings_counts_and_no_key(tmp_path: Path) -> 
         "kept_from_before": 1,
         "not_started_over_budget": 2,
         "unfinished": 3,
+        "raw_chunks": 0,
+        "stalled": 0,
+        "replaced_stalled": 0,
     }
     assert report["failures"] == [{"item": "#3 Cooking", "reason": "the server answered 500: boom"}]
     phases = report["phases"]

@@ -1,3 +1,4 @@
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -5,8 +6,10 @@ import httpx2
 import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langgraph.checkpoint.memory import InMemorySaver
 
 from graph_distill.context import ConversationContext, DistillContext, ModelContext
+from graph_distill.conversation.graph import conversation_builder, conversation_graph
 from graph_distill.llm import models
 from graph_distill.llm.models import (
     LLM_RETRY,
@@ -15,6 +18,7 @@ from graph_distill.llm.models import (
     is_transient,
     model_name,
 )
+from graph_distill.llm.resources import RunResources, with_resources
 from graph_distill.llm.settings import (
     DEFAULT_MODEL,
     ENV_NAMES,
@@ -23,7 +27,7 @@ from graph_distill.llm.settings import (
     ConfigError,
 )
 from graph_distill.llm.usage import add_usage, empty_usage, usage_of
-from tests.support.fake_openai import CACHE_BLOCK_TOKENS, FakeOpenAIServer
+from tests.support.fake_openai import CACHE_BLOCK_TOKENS, FakeOpenAIServer, FaultRates
 
 THINKING_OFF = {"thinking": {"type": "disabled"}}
 LONG_SYSTEM_PROMPT = "You are a patient tutor who explains every step of the reasoning. " * 40
@@ -32,13 +36,11 @@ REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No MIMO_* from the machine's environment or a ``.env``, and no builder cache carry-over."""
+    """No MIMO_* from the machine's environment or a ``.env``."""
     for env_name in ENV_NAMES.values():
         monkeypatch.delenv(env_name, raising=False)
     monkeypatch.chdir(tmp_path)
-    models._build.cache_clear()
     yield
-    models._build.cache_clear()
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_mimo_url_builds_a_model_with_thinking_disabled() -> None:
 
     assert llm.extra_body == THINKING_OFF
     payload = llm._get_request_payload([HumanMessage("hi")])
-    assert payload["extra_body"] == THINKING_OFF
+    assert payload["extra_body"]["thinking"] == THINKING_OFF["thinking"]
 
 
 def test_mimo_is_the_default_server() -> None:
@@ -157,20 +159,22 @@ def test_timeout_and_retries_come_from_the_context() -> None:
     assert llm.max_retries == 5
 
 
-def test_builder_returns_the_same_instance_for_identical_settings() -> None:
+def test_a_run_builds_one_instance_per_settings() -> None:
     context = ConversationContext(base_url="http://127.0.0.1:9/v1", model="m")
-    first = chat_model(context, "user", temperature=0.5, max_tokens=8)
-    again = chat_model(
-        ConversationContext(base_url="http://127.0.0.1:9/v1", model="m"),
-        "user",
-        temperature=0.5,
-        max_tokens=8,
-    )
-    assert again is first
-    assert chat_model(context, "user", temperature=0.6, max_tokens=8) is not first
-    assert chat_model(context, "user", temperature=0.5, max_tokens=9) is not first
+    run = RunResources()
+
+    def build(ctx: ConversationContext, temperature: float = 0.5, max_tokens: int = 8) -> object:
+        return chat_model(
+            ctx, "user", temperature=temperature, max_tokens=max_tokens, resources=run
+        )
+
+    first = build(context)
+    assert build(ConversationContext(base_url="http://127.0.0.1:9/v1", model="m")) is first
+    assert build(context, temperature=0.6) is not first
+    assert build(context, max_tokens=9) is not first
     other_model = ConversationContext(base_url="http://127.0.0.1:9/v1", model="m", user_model="u")
-    assert chat_model(other_model, "user", temperature=0.5, max_tokens=8) is not first
+    assert build(other_model) is not first
+    assert chat_model(context, "user", temperature=0.5, max_tokens=8) is not first
 
 
 # ---------------------------------------------------------------- model names
@@ -253,24 +257,25 @@ def test_add_usage_sums_and_tolerates_missing_sides() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        openai.APIConnectionError(request=REQUEST),
-        openai.APITimeoutError(request=REQUEST),
-        status_error(openai.RateLimitError, 429),
-        status_error(openai.InternalServerError, 500),
-        status_error(openai.InternalServerError, 503),
         ConnectionResetError("reset by peer"),
         TimeoutError("slow"),
         httpx2.RemoteProtocolError("peer closed connection without sending complete message"),
     ],
     ids=lambda error: type(error).__name__,
 )
-def test_transient_errors(error: BaseException) -> None:
+def test_errors_the_client_cannot_retry_are_transient(error: BaseException) -> None:
     assert is_transient(error) is True
 
 
 @pytest.mark.parametrize(
     "error",
     [
+        # The client already retried these: another node attempt would multiply the requests.
+        openai.APIConnectionError(request=REQUEST),
+        openai.APITimeoutError(request=REQUEST),
+        status_error(openai.RateLimitError, 429),
+        status_error(openai.InternalServerError, 500),
+        status_error(openai.InternalServerError, 503),
         status_error(openai.AuthenticationError, 401),
         status_error(openai.PermissionDeniedError, 403),
         status_error(openai.BadRequestError, 400),
@@ -280,7 +285,7 @@ def test_transient_errors(error: BaseException) -> None:
     ],
     ids=lambda error: type(error).__name__,
 )
-def test_permanent_errors(error: BaseException) -> None:
+def test_other_errors_are_not_retried_by_the_node(error: BaseException) -> None:
     assert is_transient(error) is False
 
 
@@ -297,15 +302,24 @@ def test_retry_policy_uses_is_transient() -> None:
         ("drop", openai.APIConnectionError),
     ],
 )
-def test_faults_from_the_server_are_transient(
+def test_faults_the_client_retries_are_not_retried_again(
     fake: FakeOpenAIServer, kind: str, error_type: type[Exception]
 ) -> None:
     fake.enqueue_fault(kind)
     llm = chat_model(context_for(fake), "assistant", temperature=0.5, max_tokens=8)
     with pytest.raises(error_type) as caught:
         llm.invoke([HumanMessage("hi")])
-    assert is_transient(caught.value) is True
+    assert is_transient(caught.value) is False
     assert fake.calls == 1
+
+
+async def test_a_stream_cut_midway_is_retried_by_the_node(fake: FakeOpenAIServer) -> None:
+    fake.enqueue_fault("drop", after_chunks=2)
+    llm = chat_model(context_for(fake), "assistant", temperature=0.5, max_tokens=64)
+    with pytest.raises(Exception) as caught:
+        async for _chunk in llm.astream([HumanMessage("hi")]):
+            pass
+    assert is_transient(caught.value) is True
 
 
 def test_wrong_key_fails_after_one_call_with_a_plain_message() -> None:
@@ -365,3 +379,62 @@ def test_describe_error_shortens_long_messages() -> None:
     assert len(message) <= 220
     assert "\n" not in message
     assert message.endswith("…")
+
+
+# ---------------------------------------------------------------- requests per model call
+
+
+@pytest.mark.parametrize(
+    ("faults", "error_type"),
+    [
+        (FaultRates(rate_429=1.0, retry_after=0.05), openai.RateLimitError),
+        (FaultRates(rate_500=1.0), openai.InternalServerError),
+    ],
+    ids=["429", "500"],
+)
+async def test_a_failing_server_gets_at_most_four_requests_per_model_call(
+    faults: FaultRates, error_type: type[Exception]
+) -> None:
+    """The client's retries and the node's retry policy do not multiply: the default three
+    retries of the client are all a model call gets (Retry-After honoured)."""
+    with FakeOpenAIServer(faults=faults) as server:
+        ctx = ConversationContext(base_url=server.base_url, min_rounds=1, max_rounds=1)
+        with pytest.raises(error_type):
+            await conversation_graph.ainvoke({"target_rounds": 1}, context=ctx)
+        records = server.records
+    assert len(records) == 4
+    if faults.rate_429:
+        gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(records)]
+        assert min(gaps) >= 0.045
+
+
+async def test_a_cut_stream_is_asked_again_by_the_node(fake: FakeOpenAIServer) -> None:
+    """What the client cannot retry (a reply cut midway) the node's retry policy does."""
+    fake.enqueue_fault("drop", after_chunks=2)
+    ctx = ConversationContext(base_url=fake.base_url, min_rounds=1, max_rounds=1)
+    config = {"configurable": {"thread_id": "t"}}
+    graph = conversation_builder.compile(checkpointer=InMemorySaver())
+    chunks = []
+    async for chunk, _meta in graph.astream(
+        {"target_rounds": 1}, config, context=ctx, stream_mode="messages"
+    ):
+        chunks.append(chunk)
+    assert [record.fault for record in fake.records] == ["drop", None]
+    assert all(record.body.get("stream") for record in fake.records)
+    assert chunks
+
+
+async def test_a_sporadic_failure_is_asked_again_by_the_node(fake: FakeOpenAIServer) -> None:
+    """When most of the run's recent requests succeeded, a call whose client retries all failed
+    gets another attempt of its node (a flaky server is not a failing one)."""
+    ctx = ConversationContext(base_url=fake.base_url, min_rounds=1, max_rounds=3)
+    async with RunResources() as resources:
+        config = with_resources({}, resources)
+        await conversation_graph.ainvoke({"target_rounds": 3}, config, context=ctx)  # 5 calls
+        healthy = fake.calls
+        for _ in range(4):
+            fake.enqueue_fault("429", retry_after=0.01)
+        out = await conversation_graph.ainvoke({"target_rounds": 1}, config, context=ctx)
+    faults = [record.fault for record in fake.records[healthy:]]
+    assert faults == ["429"] * 4 + [None]
+    assert out["conversation_record"]["total_rounds"] == 1

@@ -265,7 +265,7 @@ def test_distilled_records_in_one_file_match_by_source(tmp_path: Path) -> None:
     all_distilled = write_json(tmp_path / "out" / "distilled_all.json", distilled[::-1][:2])
     dataset = Dataset(dump, all_distilled)
     found = {c.key: c.distilled is not None for c in dataset}
-    assert found == {"dump_1": False, "dump_2": True, "dump_3": True}
+    assert found == {"dump_0": False, "dump_1": True, "dump_2": True}
 
 
 def test_report_sets_simulated_users_beside_a_reference(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,6 +18,7 @@ from langchain_openai import ChatOpenAI
 from graph_distill.context import DistillContext
 from graph_distill.llm.models import chat_model
 from graph_distill.llm.prompting import load_prompt
+from graph_distill.llm.resources import RunResources
 from graph_distill.llm.structured import (
     Level,
     OutputSpec,
@@ -24,11 +26,10 @@ from graph_distill.llm.structured import (
     bounded_schema,
     coerce_to_schema,
     extract_json,
-    forget_levels,
+    levels_of,
     parse_structured,
-    working_level,
 )
-from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.fake_openai import FakeOpenAIServer, FaultRates
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -60,16 +61,17 @@ MESSAGES: list[BaseMessage] = [
 REPAIR_MARK = load_prompt("repair_json").split("{")[0]
 
 
-@pytest.fixture(autouse=True)
-def fresh_levels() -> Iterator[None]:
-    forget_levels()
-    yield
-    forget_levels()
+def model_for(
+    base_url: str, resources: RunResources | None = None, max_retries: int = 0
+) -> ChatOpenAI:
+    ctx = DistillContext(
+        base_url=base_url, api_key="test-key", model="fake-model", max_retries=max_retries
+    )
+    return chat_model(ctx, "distill", temperature=0.0, max_tokens=300, resources=resources)
 
 
-def model_for(base_url: str) -> ChatOpenAI:
-    ctx = DistillContext(base_url=base_url, api_key="test-key", model="fake-model", max_retries=0)
-    return chat_model(ctx, "distill", temperature=0.0, max_tokens=300)
+def working_level(model: ChatOpenAI) -> Level:
+    return levels_of(model).working_level(model)
 
 
 def formats(bodies: list[dict[str, Any]]) -> list[str | None]:
@@ -220,8 +222,8 @@ async def test_refused_json_schema_falls_back_to_json_mode_and_is_remembered() -
     assert first.value is not None and second.value is not None
     assert first.usage["calls"] == second.usage["calls"] == 1
     assert working_level(model) is Level.JSON_OBJECT_SCHEMA
-    forget_levels()
-    assert working_level(model) is Level.JSON_SCHEMA
+    # The level is the run's: another run starts from the top again.
+    assert working_level(model_for(model.openai_api_base, RunResources())) is Level.JSON_SCHEMA
 
 
 async def test_broken_json_gets_one_repair_call_at_the_same_level() -> None:
@@ -299,6 +301,32 @@ async def test_transient_and_auth_errors_propagate(fault: str, error: type[Excep
         model = model_for(server.base_url)
         with pytest.raises(error):
             await ainvoke_structured(model, MESSAGES, SPEC)
+    assert working_level(model) is Level.JSON_SCHEMA
+
+
+@pytest.mark.parametrize("fault", ["500", "drop", "broken_json"])
+async def test_a_transient_failure_is_retried_at_the_same_level(fault: str) -> None:
+    with FakeOpenAIServer() as server:
+        server.enqueue_fault(fault)
+        model = model_for(server.base_url, RunResources(), max_retries=3)
+        reply = await ainvoke_structured(model, MESSAGES, SPEC)
+        requests = server.records
+    assert [record.fault for record in requests] == [fault, None]
+    assert formats([record.body for record in requests]) == ["json_schema", "json_schema"]
+    assert reply.level is Level.JSON_SCHEMA and reply.value is not None
+    assert working_level(model) is Level.JSON_SCHEMA
+
+
+async def test_a_failing_server_gets_at_most_four_requests_and_keeps_its_level() -> None:
+    with FakeOpenAIServer(faults=FaultRates(rate_429=1.0, retry_after=0.05)) as server:
+        model = model_for(server.base_url, RunResources(), max_retries=3)
+        with pytest.raises(openai.RateLimitError):
+            await ainvoke_structured(model, MESSAGES, SPEC)
+        requests = server.records
+    assert len(requests) == 4
+    assert formats([record.body for record in requests]) == ["json_schema"] * 4
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(requests)]
+    assert min(gaps) >= 0.045  # Retry-After honoured
     assert working_level(model) is Level.JSON_SCHEMA
 
 

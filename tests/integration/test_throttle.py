@@ -14,14 +14,13 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from graph_distill.context import PipelineContext
-from graph_distill.llm import models
 from graph_distill.llm.models import chat_model
+from graph_distill.llm.resources import RunResources, run_resources, with_resources
 from graph_distill.llm.throttle import (
     BackoffPolicy,
     RunThrottle,
     ThrottledAsyncClient,
     request_succeeded,
-    shared_throttle,
 )
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates
 
@@ -233,15 +232,6 @@ def test_statuses_that_count_as_failures() -> None:
 # ---------------------------------------------------------------- through real clients
 
 
-@pytest.fixture(autouse=True)
-def fresh_builders() -> Iterator[None]:
-    models._build.cache_clear()
-    shared_throttle.cache_clear()
-    yield
-    models._build.cache_clear()
-    shared_throttle.cache_clear()
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as server:
@@ -258,21 +248,61 @@ def throttle_of(model: object) -> RunThrottle:
     return client.throttle
 
 
-async def test_every_model_of_a_run_shares_one_throttle(fake: FakeOpenAIServer) -> None:
-    ctx = context_for(fake, requests_per_minute=120.0, distill_model="notes")
+async def test_every_model_of_a_run_shares_its_throttle(fake: FakeOpenAIServer) -> None:
+    ctx = context_for(fake, distill_model="notes")
+    resources = RunResources(120.0)
     built = [
-        chat_model(ctx, "user", temperature=0.9, max_tokens=50),
-        chat_model(ctx, "assistant", temperature=0.7, max_tokens=500),
-        chat_model(ctx, "distill", temperature=0.3, max_tokens=900),
+        chat_model(ctx, "user", temperature=0.9, max_tokens=50, resources=resources),
+        chat_model(ctx, "assistant", temperature=0.7, max_tokens=500, resources=resources),
+        chat_model(ctx, "distill", temperature=0.3, max_tokens=900, resources=resources),
     ]
-    throttles = {id(throttle_of(model)) for model in built}
-    assert len(throttles) == 1
-    assert throttle_of(built[0]).requests_per_minute == 120.0
-    other = chat_model(context_for(fake), "user", temperature=0.9, max_tokens=50)
-    assert throttle_of(other) is not throttle_of(built[0])
+    assert all(throttle_of(model) is resources.throttle for model in built)
+    assert resources.throttle.requests_per_minute == 120.0
+    other = RunResources(120.0)
+    assert throttle_of(chat_model(ctx, "user", temperature=0.9, max_tokens=50, resources=other))
+    assert other.throttle is not resources.throttle
 
 
-def test_each_run_gets_its_own_throttle(fake: FakeOpenAIServer) -> None:
+async def test_a_run_builds_each_model_once_and_closes_its_client(fake: FakeOpenAIServer) -> None:
+    ctx = context_for(fake)
+    async with RunResources() as resources:
+        first = chat_model(ctx, "user", temperature=0.9, max_tokens=9, resources=resources)
+        again = chat_model(ctx, "user", temperature=0.9, max_tokens=9, resources=resources)
+        assert again is first
+        await first.ainvoke([HumanMessage("hi")])
+        client = resources.http_client()
+    assert client.is_closed
+    assert resources.stats().requests == 1
+
+
+async def test_nodes_find_the_run_resources_in_their_config(fake: FakeOpenAIServer) -> None:
+    resources = RunResources()
+    config = with_resources({"configurable": {"thread_id": "t"}}, resources)
+    assert config["configurable"]["thread_id"] == "t"
+    assert run_resources(config) is resources
+    # Without a runner (Studio, an embedding agent), each call gets its own: no global state.
+    assert run_resources({}) is not run_resources({})
+    assert run_resources({}) is not resources
+    assert run_resources(requests_per_minute=60.0).requests_per_minute == 60.0
+
+
+def test_a_run_derives_a_value_once_per_source_object() -> None:
+    resources = RunResources()
+    made: list[str] = []
+
+    def make(message: HumanMessage) -> str:
+        made.append(message.text)
+        return message.text.upper()
+
+    first, edited = HumanMessage("teh cat", id="m0"), HumanMessage("the cat", id="m0")
+    assert resources.derived("upper", first, make) == "TEH CAT"
+    assert resources.derived("upper", first, make) == "TEH CAT"
+    assert resources.derived("upper", edited, make) == "THE CAT"  # a new object: derived anew
+    assert resources.derived("other", first, lambda m: m.text.lower()) == "teh cat"  # apart
+    assert made == ["teh cat", "the cat"]
+
+
+def test_each_event_loop_gets_its_own_resources(fake: FakeOpenAIServer) -> None:
     async def build() -> RunThrottle:
         return throttle_of(chat_model(context_for(fake), "user", temperature=0.9, max_tokens=9))
 

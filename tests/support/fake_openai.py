@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -445,6 +445,18 @@ class RecordedRequest:
     headers: dict[str, str]
     received_at: float
     fault: str | None
+    raw: bytes = b""  # the body's bytes as sent
+    answered_at: float | None = None  # when the answer was sent whole (or the connection cut)
+
+
+def _chat_body(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return None
+    return body
 
 
 def _error_body(kind: str, message: str | None) -> tuple[int, dict[str, Any]]:
@@ -497,12 +509,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             self._send_json(*_error_body("404", f"no route {self.path}"))
             return
-        body = self._read_json()
+        received_at = time.monotonic()  # before the body is read and parsed: the client's part
+        raw = self._read_body()
+        body = _chat_body(raw)
         if body is None:
             self._send_json(*_error_body("400", "body must be a JSON object with 'messages'"))
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
-        self._answer(body, self.fake._admit(body, headers))
+        fault = self.fake._admit(body, headers, raw, received_at)
+        try:
+            self._answer(body, fault)
+        finally:
+            self.fake._answered(body)
 
     def _answer(self, body: dict[str, Any], fault: _Fault | None) -> None:
         kind = fault.kind if fault else None
@@ -520,15 +538,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _read_json(self) -> dict[str, Any] | None:
-        try:
-            body = json.loads(self._read_body() or b"null")
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return None
-        return body
 
     def _send_json(
         self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -758,12 +767,23 @@ class FakeOpenAIServer:
     def _authorized(self, authorization: str | None) -> bool:
         return self.require_key is None or authorization == f"Bearer {self.require_key}"
 
-    def _admit(self, body: dict[str, Any], headers: dict[str, str]) -> _Fault | None:
+    def _answered(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            for index in range(len(self._records) - 1, -1, -1):
+                if self._records[index].body is body:
+                    self._records[index] = replace(
+                        self._records[index], answered_at=time.monotonic()
+                    )
+                    return
+
+    def _admit(
+        self, body: dict[str, Any], headers: dict[str, str], raw: bytes, received_at: float
+    ) -> _Fault | None:
         with self._lock:
             roll = self._dice.random()
             fault = self._decide(body, headers, roll)
             kind = fault.kind if fault else None
-            self._records.append(RecordedRequest(body, headers, time.monotonic(), kind))
+            self._records.append(RecordedRequest(body, headers, received_at, kind, raw))
             if fault is not None:
                 self._fault_counts[fault.kind] += 1
                 if fault.kind == "429":

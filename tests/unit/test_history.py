@@ -162,3 +162,16 @@ def test_flipped_swaps_user_and_assistant() -> None:
 
 def test_flipped_of_nothing_is_empty() -> None:
     assert flipped([]) == []
+
+
+def test_each_message_is_encoded_once_across_calls() -> None:
+    messages = conversation(60, seed=random.SystemRandom().randrange(2**31))
+    messages = [type(m)(f"{m.text} {id(messages)}") for m in messages]  # never counted before
+    before = count_tokens.cache_info().misses
+    window(messages, budget=10**6, step=16)
+    assert count_tokens.cache_info().misses - before == len(messages)
+    for grown in range(1, 4):
+        longer = [*messages, AIMessage(f"reply {grown} {id(messages)}")]
+        window(longer, budget=2000, step=16)
+        messages = longer
+    assert count_tokens.cache_info().misses - before == len(messages)

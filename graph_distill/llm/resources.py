@@ -1,0 +1,130 @@
+"""What one run shares across all its model calls: the HTTP client and the chat models built on
+it, the request throttle (its cap, back-off and request counts) and the structured-output level
+each server takes.
+
+A runner creates one ``RunResources`` per run and hands it to the graphs in
+``config["configurable"]`` (``with_resources``); nodes find it with ``run_resources``. The
+graphs' Context stays plain data, as Studio and HTTP clients send it. A graph run without one
+(Studio, an embedding agent, a server) gets new ones for each model call: nothing is shared
+behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_config
+
+from graph_distill.llm.structured import LevelMemory
+from graph_distill.llm.throttle import RunThrottle, ThrottledAsyncClient, ThrottleStats
+
+RESOURCES_KEY = "graph_distill_resources"
+
+Model = TypeVar("Model")
+Derived = TypeVar("Derived")
+Source = TypeVar("Source")
+
+# Derived values kept per source object (oldest dropped first): 48 conversations of 100
+# rounds, many times over.
+MAX_DERIVED = 65536
+
+
+class RunResources:
+    """One run's HTTP client, chat models, throttle and structured-output levels."""
+
+    def __init__(
+        self, requests_per_minute: float | None = None, *, throttle: RunThrottle | None = None
+    ) -> None:
+        self.throttle = throttle or RunThrottle(requests_per_minute)
+        self.levels = LevelMemory()
+        self._models: dict[Hashable, Any] = {}
+        self._client: ThrottledAsyncClient | None = None
+        self._lock = threading.Lock()
+        # (kind, id(source)) -> (source, value): holding the source keeps its id from reuse.
+        self._derived: dict[tuple[str, int], tuple[object, Any]] = {}
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        return self.throttle.requests_per_minute
+
+    def stats(self) -> ThrottleStats:
+        return self.throttle.stats()
+
+    def http_client(self) -> ThrottledAsyncClient:
+        """The run's one async HTTP client: every request of every model goes through the
+        throttle, and connections are pooled across roles."""
+        with self._lock:
+            if self._client is None:
+                self._client = ThrottledAsyncClient(self.throttle)
+            return self._client
+
+    def model(self, key: Hashable, build: Callable[[], Model]) -> Model:
+        """The model built for ``key`` in this run (built on first use)."""
+        with self._lock:
+            found = self._models.get(key)
+        if found is None:
+            found = build()
+            with self._lock:
+                found = self._models.setdefault(key, found)
+        return found
+
+    def derived(self, kind: str, source: Source, make: Callable[[Source], Derived]) -> Derived:
+        """``make(source)``, computed once per ``source`` object in this run: for values derived
+        from messages, which are never changed in place once in a graph's state, and which
+        every later call of a conversation would otherwise derive again."""
+        key = (kind, id(source))
+        known = self._derived.get(key)
+        if known is not None and known[0] is source:
+            return known[1]
+        value = make(source)
+        if len(self._derived) >= MAX_DERIVED:
+            self._derived.pop(next(iter(self._derived)), None)
+        self._derived[key] = (source, value)
+        return value
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (its open connections); the models are not used after."""
+        with self._lock:
+            client, self._client = self._client, None
+            self._models.clear()
+            self._derived.clear()
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def with_resources(config: RunnableConfig, resources: RunResources) -> RunnableConfig:
+    """``config`` with ``resources`` in its ``configurable`` (other entries kept)."""
+    configurable = {**(config.get("configurable") or {}), RESOURCES_KEY: resources}
+    return {**config, "configurable": configurable}
+
+
+def run_resources(
+    config: RunnableConfig | None = None, *, requests_per_minute: float | None = None
+) -> RunResources:
+    """The resources of the run ``config`` belongs to (by default the config of the node being
+    run); without any, new ones for the caller alone."""
+    if config is None:
+        try:
+            config = get_config()
+        except RuntimeError:
+            config = {}
+    found = (config.get("configurable") or {}).get(RESOURCES_KEY)
+    if isinstance(found, RunResources):
+        return found
+    # No run to share with (Studio, a server, an agent that passes none): a call of its own.
+    return RunResources(requests_per_minute)
