@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from graph_distill.report.stats import figure_text as shown
+
 FIELDS = {
     "sharegpt": '`id`, `conversations`: [{"from": "human" | "gpt" | "system", "value"}]',
     "openai": '`messages`: [{"role": "user" | "assistant" | "system", "content"}]',
@@ -28,16 +30,6 @@ class CardFacts:
     clean: bool
     filters: Sequence[str]
     dropped: Mapping[str, int]
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def _counts(counts: Mapping[str, int], header: str) -> list[str]:
@@ -83,12 +75,12 @@ def render_card(facts: CardFacts, profile: Mapping[str, Any], source: Mapping[st
         "",
         "## Profile of the exported conversations",
         "",
-        f"- conversations: {_value(profile['conversations'])}; rounds: {_value(rounds['total'])} "
-        f"(min {_value(rounds['min'])}, median {_value(rounds['median'])}, "
-        f"max {_value(rounds['max'])})",
-        f"- realized typo rate (noised user messages): {_value(profile['typo_rate'])}",
-        f"- topic switches: {_value(profile['topic_switches']['total'])}",
-        f"- role breaks regenerated: {_value(profile['role_breaks']['regenerated'])}",
+        f"- conversations: {shown(profile['conversations'])}; rounds: {shown(rounds['total'])} "
+        f"(min {shown(rounds['min'])}, median {shown(rounds['median'])}, "
+        f"max {shown(rounds['max'])})",
+        f"- realized typo rate (noised user messages): {shown(profile['typo_rate'])}",
+        f"- topic switches: {shown(profile['topic_switches']['total'])}",
+        f"- role breaks regenerated: {shown(profile['role_breaks']['regenerated'])}",
         "",
         *_counts(profile["scenarios"], "scenario"),
         "",
@@ -97,18 +89,18 @@ def render_card(facts: CardFacts, profile: Mapping[str, Any], source: Mapping[st
         "## Quality of the source dataset",
         "",
         "- degenerate rounds (repeating an earlier message): "
-        + _value(source["degeneration"]["share"]),
+        + shown(source["degeneration"]["share"]),
         f"- near-duplicate conversations: {len(source['near_duplicates']['duplicates']):,}",
         "- distinct-2: "
-        + ", ".join(f"{role} {_value(v)}" for role, v in source["distinct_2"].items()),
+        + ", ".join(f"{role} {shown(v)}" for role, v in source["distinct_2"].items()),
     ]
     coverage = source["coverage"]
     if coverage["files"]:
         validity = source["citation_validity"]
         lines += [
-            f"- notes coverage (share of turns cited): {_value(coverage['share'])}; "
-            f"citations inside their chunk: {_value(validity['in_range_share'])}; "
-            f"items uncited: {_value(validity['uncited_share'])}; "
-            f"chunks kept raw: {_value(source['raw_chunks']['raw'])}",
+            f"- notes coverage (share of turns cited): {shown(coverage['share'])}; "
+            f"citations inside their chunk: {shown(validity['in_range_share'])}; "
+            f"items uncited: {shown(validity['uncited_share'])}; "
+            f"chunks kept raw: {shown(source['raw_chunks']['raw'])}",
         ]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from html import escape
 from importlib import resources
 from typing import Any
 
+from graph_distill.report.stats import figure_text
 from graph_distill.report.viewer import script_json
 
 Row = Sequence[Any]
@@ -16,16 +17,6 @@ Row = Sequence[Any]
 
 def _asset(name: str) -> str:
     return resources.files("graph_distill.report").joinpath(f"assets/{name}").read_text("utf-8")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def _usd(amount: float | None) -> str | None:
@@ -37,7 +28,7 @@ def card(label: str, value: Any, figure: str | None = None, note: str = "") -> s
     note_html = f'<span class="note">{escape(note)}</span>' if note else ""
     return (
         f'<div class="card"><span class="label">{escape(label)}</span>'
-        f'<span class="value"{attribute}>{escape(_text(value))}</span>{note_html}</div>'
+        f'<span class="value"{attribute}>{escape(figure_text(value))}</span>{note_html}</div>'
     )
 
 
@@ -46,9 +37,9 @@ def table(headers: Sequence[str], rows: Iterable[Row], name: str = "") -> str:
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{escape(_text(c))}</td>'
+            f'<td class="num">{escape(figure_text(c))}</td>'
             if isinstance(c, int | float)
-            else f"<td>{escape(_text(c))}</td>"
+            else f"<td>{escape(figure_text(c))}</td>"
             for c in row
         )
         + "</tr>"

@@ -54,3 +54,14 @@ def histogram(values: Sequence[float], bins: int = 20) -> dict[str, list[float]]
 
 def _quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def figure_text(value: Any) -> str:
+    """A figure as shown to people: a dash for none, thousands separated, floats short."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
