@@ -13,7 +13,8 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -97,11 +98,12 @@ def scenario_settings(scenarios: Sequence[Scenario]) -> dict[str, Any]:
     }
 
 
-async def run_conversations(plan: RunPlan, ctx: PipelineContext, reporter: Reporter) -> RunSummary:
-    """Generate ``plan.count`` conversations, ``plan.concurrency`` at a time, or finish the
-    unfinished run ``plan.run_id`` (ResumeError when the directory has no such run). The run's
-    calls, tokens and cost go to ``run_report.json`` in the conversation directory, also when
-    it is cut short."""
+@asynccontextmanager
+async def open_run(
+    plan: RunPlan,
+) -> AsyncIterator[tuple[str, RunCheckpointSaver, RunManifest]]:
+    """The run of ``plan`` held by this process and recorded in the conversation directory:
+    a new one, or ``plan.run_id`` (ResumeError when the directory has no such run)."""
     # A new run is held before it is recorded: a concurrent --resume never sees it unheld.
     run_id = plan.run_id or new_run_id()
     async with (
@@ -112,6 +114,15 @@ async def run_conversations(plan: RunPlan, ctx: PipelineContext, reporter: Repor
             await manifest.create(plan.resume_settings, plan.count, run_id)
         else:
             await manifest.get(run_id)
+        yield run_id, saver, manifest
+
+
+async def run_conversations(plan: RunPlan, ctx: PipelineContext, reporter: Reporter) -> RunSummary:
+    """Generate ``plan.count`` conversations, ``plan.concurrency`` at a time, or finish the
+    unfinished run ``plan.run_id`` (ResumeError when the directory has no such run). The run's
+    calls, tokens and cost go to ``run_report.json`` in the conversation directory, also when
+    it is cut short."""
+    async with open_run(plan) as (run_id, saver, manifest):
         run = _DurableRun(plan, ctx, reporter, manifest, run_id, saver)
         settings = {**plan.report_settings, "run_id": run_id}
         with reported(run.summary, plan.conversation_dir, ctx, settings, RESUME_HINT):

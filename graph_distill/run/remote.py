@@ -48,6 +48,7 @@ from graph_distill.run.generation import (
     RunPlan,
     conversation_seed,
     holds,
+    open_run,
     save_conversation,
 )
 from graph_distill.run.ledger import (
@@ -57,9 +58,8 @@ from graph_distill.run.ledger import (
     default_prices,
     prices_with,
 )
-from graph_distill.run.lock import hold_run
 from graph_distill.run.progress import RecordReporter, Reporter
-from graph_distill.run.store import ItemStatus, RunItem, RunManifest, new_run_id, open_store
+from graph_distill.run.store import ItemStatus, RunItem, RunManifest
 from graph_distill.run.summary import (
     RESUME_HINT,
     RunSummary,
@@ -224,15 +224,7 @@ async def run_on_server(remote: RemoteRun, reporter: Reporter) -> RunSummary:
     plan = remote.plan
     client = remote.server.client()
     await check_server(remote.server, client, remote.graph_id)
-    run_id = plan.run_id or new_run_id()
-    async with (
-        hold_run(plan.conversation_dir, run_id),
-        open_store(plan.conversation_dir) as (_, manifest),
-    ):
-        if plan.run_id is None:
-            await manifest.create(plan.resume_settings, plan.count, run_id)
-        else:
-            await manifest.get(run_id)
+    async with open_run(plan) as (run_id, _, manifest):
         work = _ServerRun(remote, client, manifest, run_id, reporter)
         settings = {
             **plan.report_settings,
