@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph_distill.context import DistillContext
 from graph_distill.distill.graph import distill_graph
 from graph_distill.llm.prompting import load_prompt
+from graph_distill.llm.resources import RunResources, with_resources
 from tests.support.fake_openai import FakeOpenAIServer
 
 MAX_TURNS = 10
@@ -96,9 +97,10 @@ async def run_once(
         split_method="turns",
         max_turns=MAX_TURNS,
     )
-    return await distill_graph.ainvoke(
-        {"conversation": messages}, {"max_concurrency": concurrency}, context=ctx
-    )
+    # As the runner does: one run's HTTP client and models for all its calls.
+    async with RunResources() as resources:
+        config = with_resources({"max_concurrency": concurrency}, resources)
+        return await distill_graph.ainvoke({"conversation": messages}, config, context=ctx)
 
 
 async def measure(
