@@ -156,7 +156,7 @@ def chat_model(
     Built once per run and settings (env and ``.env`` are read then): ``resources`` default
     to those of the run the calling node belongs to (see ``run_resources``)."""
     if resources is None:
-        resources = run_resources(requests_per_minute=context.requests_per_minute)
+        resources = run_resources(context=context, requests_per_minute=context.requests_per_minute)
     given = (
         context.api_key,
         context.base_url,

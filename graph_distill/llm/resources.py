@@ -5,12 +5,13 @@ each server takes.
 A runner creates one ``RunResources`` per run and hands it to the graphs in
 ``config["configurable"]`` (``with_resources``); nodes find it with ``run_resources``. The
 graphs' Context stays plain data, as Studio and HTTP clients send it. A graph run without one
-(Studio, an embedding agent, a server) gets new ones for each model call: nothing is shared
-behind the caller's back.
+(Studio, an embedding agent, a server) keeps its own with its context object: nothing is
+shared beyond one graph run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Hashable
 from types import TracebackType
@@ -113,11 +114,21 @@ def with_resources(config: RunnableConfig, resources: RunResources) -> RunnableC
     return {**config, "configurable": configurable}
 
 
+# Where a graph run's context carries the resources of a run without a runner's.
+_CARRIED = "_graph_distill_resources"
+
+
 def run_resources(
-    config: RunnableConfig | None = None, *, requests_per_minute: float | None = None
+    config: RunnableConfig | None = None,
+    *,
+    context: object | None = None,
+    requests_per_minute: float | None = None,
 ) -> RunResources:
     """The resources of the run ``config`` belongs to (by default the config of the node being
-    run); without any, new ones for the caller alone."""
+    run). Without any (Studio, a server, an agent that passes none), those the run's
+    ``context`` carries: every node of one graph run is handed the same context object, so
+    its model calls share one client, and the next run (or event loop) gets new ones.
+    Without a context either, new ones for the caller alone."""
     if config is None:
         try:
             config = get_config()
@@ -126,5 +137,19 @@ def run_resources(
     found = (config.get("configurable") or {}).get(RESOURCES_KEY)
     if isinstance(found, RunResources):
         return found
-    # No run to share with (Studio, a server, an agent that passes none): a call of its own.
-    return RunResources(requests_per_minute)
+    if context is None:
+        return RunResources(requests_per_minute)
+    return _carried(context, requests_per_minute)
+
+
+def _carried(context: object, requests_per_minute: float | None) -> RunResources:
+    try:
+        loop: object = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    held = vars(context).get(_CARRIED)
+    if held is None or held[0] is not loop or held[1].requests_per_minute != requests_per_minute:
+        held = (loop, RunResources(requests_per_minute))
+        # Not a field: the context's own data (what Studio and servers send) stays as it was.
+        object.__setattr__(context, _CARRIED, held)
+    return held[1]

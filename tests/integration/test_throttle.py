@@ -286,6 +286,26 @@ async def test_nodes_find_the_run_resources_in_their_config(fake: FakeOpenAIServ
     assert run_resources(requests_per_minute=60.0).requests_per_minute == 60.0
 
 
+async def test_a_graph_run_without_a_runner_keeps_its_resources_with_its_context() -> None:
+    ctx, other = PipelineContext(), PipelineContext()
+    carried = run_resources({}, context=ctx)
+    # Every node of one run is handed the same context object: one client for the run.
+    assert run_resources({}, context=ctx) is carried
+    assert run_resources({}, context=other) is not carried
+    assert run_resources({}, context=ctx, requests_per_minute=30.0) is not carried
+    # The context's own data, what Studio and servers send, is unchanged.
+    assert ctx == PipelineContext() and "resources" not in repr(ctx)
+
+
+def test_a_new_event_loop_gets_new_resources() -> None:
+    ctx = PipelineContext()
+
+    async def carried() -> RunResources:
+        return run_resources({}, context=ctx)
+
+    assert asyncio.run(carried()) is not asyncio.run(carried())
+
+
 def test_a_run_derives_a_value_once_per_source_object() -> None:
     resources = RunResources()
     made: list[str] = []
