@@ -104,8 +104,9 @@ def levels_of(model: ChatOpenAI) -> LevelMemory:
 
 def json_values(text: str) -> Iterator[Any]:
     """Every JSON value found in ``text``, in order: code fences first, then the whole text
-    from each opening bracket; trailing commas and Python-style literals are forgiven."""
-    decoder = json.JSONDecoder()
+    from each opening bracket; trailing commas, raw line breaks inside strings (small models
+    write them) and Python-style literals are forgiven."""
+    decoder = json.JSONDecoder(strict=False)
     for candidate in [*_FENCE.findall(text), text]:
         starts = [match.start() for match in re.finditer(r"[{\[]", candidate)]
         for start in starts[:_MAX_START_POSITIONS]:

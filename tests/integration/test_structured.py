@@ -137,6 +137,11 @@ class RefusingProxy:
         ("{'a': 'x', 'b': None, 'c': True}", {"a": "x", "b": None, "c": True}),
         ('Braces {like these} first, then {"a": "}"}', {"a": "}"}),
         ('[{"a": 1}]', [{"a": 1}]),
+        # as the embedded SmolLM2 wrote it: a raw line break inside a string
+        (
+            '{ "topic" : "how we share our stories\n" ,"core_questions":[] }',
+            {"topic": "how we share our stories\n", "core_questions": []},
+        ),
     ],
 )
 def test_extract_json_forgives_common_slips(text: str, expected: Any) -> None:
