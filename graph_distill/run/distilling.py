@@ -116,9 +116,21 @@ def save_distilled(
 ) -> bool:
     """Write a distill graph's ``result`` to ``out_path``; True when it has notes."""
     data = distilled_data(source, result, ctx, model)
+    name = label or (source if isinstance(source, str) else str(out_path))
+    return write_distilled(data, out_path, name, summary, reporter, hint)
+
+
+def write_distilled(
+    data: Mapping[str, Any],
+    out_path: Path,
+    name: str,
+    summary: RunSummary,
+    reporter: Reporter,
+    hint: str,
+) -> bool:
+    """Write a distilled record to its own file and count it; True when it has notes."""
     with stop_on_write_error(out_path.parent, hint):
         write_json_atomic(out_path, data)
-    name = label or (source if isinstance(source, str) else str(out_path))
     return count_distilled(data, str(out_path), name, summary, reporter)
 
 
@@ -171,9 +183,7 @@ async def distill_source(
     )
     if data is None:
         return False
-    with stop_on_write_error(out_path.parent, retry_hint):
-        write_json_atomic(out_path, data)
-    return count_distilled(data, str(out_path), source.source, summary, reporter)
+    return write_distilled(data, out_path, source.source, summary, reporter, retry_hint)
 
 
 @dataclass(frozen=True)
@@ -327,11 +337,8 @@ class _Job:
 
     async def _to_file(self, record: SourceConversation, out_path: Path) -> None:
         data = await self.produce(record, self.summary, self.reporter)
-        if data is None:
-            return
-        with stop_on_write_error(out_path.parent, RETRY_HINT):
-            write_json_atomic(out_path, data)
-        count_distilled(data, str(out_path), record.source, self.summary, self.reporter)
+        if data is not None:
+            write_distilled(data, out_path, record.source, self.summary, self.reporter, RETRY_HINT)
 
     async def _to_jsonl(self, record: SourceConversation, sink: JsonlOutput) -> None:
         data = await self.produce(record, self.summary, self.reporter)
