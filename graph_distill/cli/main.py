@@ -33,6 +33,7 @@ from graph_distill.conversation.scenarios import (
 )
 from graph_distill.files.readers import ReadOptions, find_inputs, parse_role_map
 from graph_distill.llm.models import chat_model, describe_error
+from graph_distill.llm.settings import MODEL_SETTINGS
 from graph_distill.run.distilling import DistillTarget, distill_inputs
 from graph_distill.run.generation import RunPlan, run_conversations, scenario_settings
 from graph_distill.run.lock import check_run_free
@@ -60,8 +61,6 @@ from .options import given, options_from
 from .session import model_session
 from .terminal import choose_record_reporter, choose_reporter
 
-# Model settings: with --server, sent only when given on the command line.
-MODEL_FIELDS = ("base_url", "api_key", "model", "user_model", "assistant_model", "distill_model")
 # Paced by the server, not here (--rpm is refused with --server).
 SERVER_PACED = ("requests_per_minute",)
 
@@ -168,7 +167,7 @@ def _on_server(
     only ones sent: the server's environment holds the rest, the key always), and the prices."""
     typed = {k: v for k, v in values.items() if v is not None and v != ()}
     names = {item.name for item in declared(context_type)}
-    model = {name: typed.get(name) for name in MODEL_FIELDS if name in names}
+    model = {name: typed.get(name) for name in MODEL_SETTINGS if name in names}
     model["local_model"] = run_settings.local_model
     graph = {
         k: v for k, v in typed.items() if k in names and k not in model and k not in SERVER_PACED

@@ -13,7 +13,12 @@ import click
 
 from graph_distill.context import ModelContext
 from graph_distill.llm.local_model import LocalModelServer
-from graph_distill.llm.settings import ModelSettings, require_usable, resolve_settings
+from graph_distill.llm.settings import (
+    MODEL_SETTINGS,
+    ModelSettings,
+    require_usable,
+    resolve_settings,
+)
 
 # The embedded model's context is small: keep prompts and replies within it. Its server
 # answers one request at a time, so requests queue: give them time.
@@ -61,8 +66,7 @@ def model_session(
 
 
 def _model_fields(ctx: ModelContext) -> list[str]:
-    names = ("api_key", "base_url", "model", "user_model", "assistant_model", "distill_model")
-    return [name for name in names if hasattr(ctx, name)]
+    return [name for name in MODEL_SETTINGS if hasattr(ctx, name)]
 
 
 def _with_settings(ctx: ContextT, settings: ModelSettings, limits: dict[str, Any]) -> ContextT:

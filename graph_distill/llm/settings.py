@@ -17,6 +17,8 @@ ENV_NAMES = {
     for item in declared(PipelineContext)
     if item.metadata.get("env")
 }
+# Which server and models to call: the settings the environment may set.
+MODEL_SETTINGS = tuple(ENV_NAMES)
 # Servers that need no key still get one: the openai client refuses to start without it.
 KEYLESS_PLACEHOLDER = "not-needed"
 

@@ -36,7 +36,7 @@ from graph_distill.conversation.graph import recursion_limit
 from graph_distill.conversation.scenarios import pick_scenario
 from graph_distill.files.readers import ReadOptions, SourceConversation
 from graph_distill.files.writing import distilled_path
-from graph_distill.llm.settings import MIMO_BASE_URL
+from graph_distill.llm.settings import MIMO_BASE_URL, MODEL_SETTINGS
 from graph_distill.run.distilling import (
     DistillTarget,
     Producer,
@@ -116,15 +116,8 @@ def server_context(
     }
 
 
-_MODEL_FIELDS = (
-    "base_url",
-    "api_key",
-    "model",
-    "user_model",
-    "assistant_model",
-    "distill_model",
-    "requests_per_minute",
-)
+# Sent only when given on the command line; the key never.
+_MODEL_FIELDS = (*MODEL_SETTINGS, "requests_per_minute")
 
 
 def describe_server_error(server: Server, error: BaseException) -> str:
