@@ -1,5 +1,9 @@
 """Nodes of the conversation graph: simulated user, noise, assistant, topic switch, end guard;
-and the stagnation detector, the conditional edge after each assistant reply."""
+and the stagnation detector, the conditional edge after each assistant reply.
+
+Nodes are coroutines even when they do no I/O: LangGraph runs a plain function in a worker
+thread, a thread hop per step that a long run pays thousands of times. ``start`` is the
+exception: its first token count loads the encoding file, which must not block the loop."""
 
 from __future__ import annotations
 
@@ -169,7 +173,9 @@ async def _write_user_message(
     return fallback, usage, breaks
 
 
-def add_noise(state: ConversationState, runtime: Runtime[ConversationContext]) -> dict[str, Any]:
+async def add_noise(
+    state: ConversationState, runtime: Runtime[ConversationContext]
+) -> dict[str, Any]:
     """Typos and grammar slips in a seeded share of user messages (the clean text is kept)."""
     ctx = _context(runtime)
     messages = state["conversation_messages"]
@@ -239,7 +245,9 @@ def _verdict(state: ConversationState, ctx: ConversationContext) -> tuple[Route,
     return ("end_guard" if _level(state, ctx) >= FIRM_SWITCH else "switch_topic"), reason
 
 
-def detect_stagnation(state: ConversationState, runtime: Runtime[ConversationContext]) -> Route:
+async def detect_stagnation(
+    state: ConversationState, runtime: Runtime[ConversationContext]
+) -> Route:
     """The edge after each reply: on to the next user message, a topic switch when the talk
     stalls, or the end guard (target reached, or a stall that switching did not break)."""
     return _verdict(state, _context(runtime))[0]
@@ -288,7 +296,9 @@ async def _fresh_subtopic(state: ConversationState, ctx: ConversationContext) ->
     return (lines[0] if lines else "something related we haven't covered yet"), usage_of(reply)
 
 
-def end_guard(state: ConversationState, runtime: Runtime[ConversationContext]) -> dict[str, Any]:
+async def end_guard(
+    state: ConversationState, runtime: Runtime[ConversationContext]
+) -> dict[str, Any]:
     """End on the assistant: drop a trailing user message and empty ones; build the record.
 
     Reached at the target round count, or earlier when escalation did not break a stall."""

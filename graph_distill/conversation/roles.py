@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from graph_distill.conversation.stagnation import containment, fingerprint
+from graph_distill.conversation.stagnation import shingle_set
 
 _AI_VOICE = re.compile(
     r"^\s*(as an ai\b|as a (large )?language model|i(?:'m| am) (an ai\b|a language model|"
@@ -81,6 +81,12 @@ def role_break(text: str, last_reply: str | None) -> str | None:
         return "answers its own question"
     if explains_like_expert(text) or len(text) > MAX_USER_CHARS:
         return "explains like an expert"
-    if last_reply and containment(fingerprint(text), fingerprint(last_reply)) >= ECHO_CONTAINMENT:
+    if last_reply and _echoes(text, last_reply):
         return "echoes the assistant"
     return None
+
+
+def _echoes(text: str, last_reply: str) -> bool:
+    """Whether ``text`` is mostly made of the last reply's word triples."""
+    grams = shingle_set(text)
+    return bool(grams) and len(grams & shingle_set(last_reply)) / len(grams) >= ECHO_CONTAINMENT

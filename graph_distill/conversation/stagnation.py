@@ -7,6 +7,7 @@ those fingerprints, so it costs the same at round 100 as at round 3.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
@@ -118,19 +119,36 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(_normal(text))
 
 
-def _shingles(words: Sequence[str]) -> set[int]:
+def _gram_hashes(words: Sequence[str]) -> list[int]:
+    """The crc32 of each word triple as text (of all the words when fewer), in order: each a
+    slice of the words joined once (they are ASCII, so characters are bytes)."""
+    if not words:
+        return []
     size = min(SHINGLE_WORDS, len(words))
-    grams = (" ".join(words[i : i + size]) for i in range(len(words) - size + 1))
-    return {zlib.crc32(gram.encode()) for gram in grams} if words else set()
+    joined = memoryview(" ".join(words).encode())
+    starts = list(itertools.accumulate((len(word) + 1 for word in words), initial=0))
+    crc32 = zlib.crc32
+    return [crc32(joined[starts[i] : starts[i + size] - 1]) for i in range(len(starts) - size)]
+
+
+def _shingles(words: Sequence[str]) -> set[int]:
+    return set(_gram_hashes(words)) if words else set()
+
+
+def shingle_set(text: str) -> set[int]:
+    """The hashed word triples of ``text`` (what copy detection compares)."""
+    return _shingles(_words(text))
+
+
+def _stems(words: Iterable[str]) -> set[str]:
+    return {
+        w[:STEM_LETTERS] for w in words if len(w) > 3 and w not in _STOPWORDS and not w.isdigit()
+    }
 
 
 def stems(text: str) -> set[str]:
     """Content-word stems: stop words dropped, words cut to a few letters (cheap, offline)."""
-    return {
-        w[:STEM_LETTERS]
-        for w in _words(text)
-        if len(w) > 3 and w not in _STOPWORDS and not w.isdigit()
-    }
+    return _stems(_words(text))
 
 
 def similarity(a: str, b: str) -> float:
@@ -150,13 +168,20 @@ def _pairs(text: str) -> frozenset[tuple[str, ...]]:
 
 def self_repeat(text: str) -> float:
     """Share of a message's sentences (of 4+ words) that mostly copy an earlier one in it."""
+    sentences = [_WORD.findall(s) for s in _SENTENCE.findall(_normal(text))]
+    return _self_repeat(sentences, _gram_hashes([w for s in sentences for w in s]))
+
+
+def _self_repeat(sentences: Sequence[Sequence[str]], hashes: Sequence[int]) -> float:
+    """``self_repeat`` from the text's sentences and the gram hashes of all its words (a
+    sentence's triples are a run of those)."""
     seen: list[set[int]] = []
-    repeated = 0
-    for sentence in _SENTENCE.findall(text):
-        words = _words(sentence)
+    repeated, start = 0, 0
+    for words in sentences:
+        start += len(words)
         if len(words) < 4:
             continue
-        grams = _shingles(words)
+        grams = set(hashes[start - len(words) : start - SHINGLE_WORDS + 1])
         if any(len(grams & earlier) >= 0.6 * len(grams) for earlier in seen):
             repeated += 1
         seen.append(grams)
@@ -164,24 +189,37 @@ def self_repeat(text: str) -> float:
 
 
 def is_acknowledgement(text: str) -> bool:
-    words = _words(text)
+    return _is_acknowledgement(_words(text))
+
+
+def _is_acknowledgement(words: Sequence[str]) -> bool:
     return 0 < len(words) <= MAX_ACK_WORDS and all(w in _ACK_WORDS for w in words)
 
 
 def is_goodbye(text: str) -> bool:
-    return len(_words(text)) <= MAX_GOODBYE_WORDS and bool(_GOODBYE.search(_normal(text)))
+    normal = _normal(text)
+    return _is_goodbye(normal, _WORD.findall(normal))
+
+
+def _is_goodbye(normal: str, words: Sequence[str]) -> bool:
+    return len(words) <= MAX_GOODBYE_WORDS and bool(_GOODBYE.search(normal))
 
 
 def fingerprint(text: str) -> MessagePrint:
-    words = _words(text)
+    """What detection keeps of a message, from one pass over its text (words never cross a
+    sentence boundary, so the text's words are its sentences' words in order)."""
+    normal = _normal(text)
+    sentences = [_WORD.findall(sentence) for sentence in _SENTENCE.findall(normal)]
+    words = [word for sentence in sentences for word in sentence]
+    hashes = _gram_hashes(words)
     return MessagePrint(
-        shingles=sorted(_shingles(words)),
+        shingles=sorted(set(hashes)),
         opening=words[:OPENING_WORDS],
-        content=sorted(stems(text)),
-        self_repeat=self_repeat(text),
-        praise=bool(_PRAISE.search(_normal(text))),
-        ack=is_acknowledgement(text),
-        goodbye=is_goodbye(text),
+        content=sorted(_stems(words)),
+        self_repeat=_self_repeat(sentences, hashes),
+        praise=bool(_PRAISE.search(normal)),
+        ack=_is_acknowledgement(words),
+        goodbye=_is_goodbye(normal, words),
     )
 
 

@@ -1,4 +1,7 @@
-"""Nodes and routes of the distillation graph: split, map chunks to notes, reduce."""
+"""Nodes and routes of the distillation graph: split, map chunks to notes, reduce.
+
+Routes and nodes are coroutines (LangGraph runs plain functions in a worker thread), except
+``split``, whose token count may load the encoding file: that must not block the loop."""
 
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ def split(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, An
     return {"chunks": [_chunk_data(chunk) for chunk in chunks], "distill_usage": empty_usage()}
 
 
-def route_chunks(state: DistillState) -> list[Send] | Literal["plan_reduce"]:
+async def route_chunks(state: DistillState) -> list[Send] | Literal["plan_reduce"]:
     """One task per chunk (the map); straight on when there is nothing to distill."""
     sends = [Send("distill_chunk", ChunkTask(chunk=chunk)) for chunk in state["chunks"]]
     return sends or "plan_reduce"
@@ -77,7 +80,7 @@ async def distill_chunk(task: ChunkTask, runtime: Runtime[DistillContext]) -> di
     return {"chunk_notes": [record], "distill_usage": reply.usage}
 
 
-def plan_reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+async def plan_reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
     """The notes to merge next (repeats merged), grouped to fit the notes budget."""
     reduce_round, level = _latest_level(state)
     level = merge_repeats(level)
@@ -85,7 +88,7 @@ def plan_reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[s
     return {"notes_level": level, "notes_groups": groups, "reduce_round": reduce_round}
 
 
-def route_reduce(state: DistillState) -> list[Send] | Literal["reduce"]:
+async def route_reduce(state: DistillState) -> list[Send] | Literal["reduce"]:
     """Collapse the groups (another round) while the notes need more than one merge call."""
     groups = state["notes_groups"]
     if len(groups) < 2:

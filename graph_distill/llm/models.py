@@ -9,9 +9,12 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import openai
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
+from langchain_openai.chat_models.base import _handle_openai_api_error, _handle_openai_bad_request
 from langgraph.types import RetryPolicy
 from pydantic import PrivateAttr
 
@@ -113,6 +116,31 @@ class RunChatOpenAI(ChatOpenAI):
         }
         payload["messages"] = []
         return payload
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """ChatOpenAI's plain (non-streaming, chat completions) call, with the reply converted
+        in the event loop: ChatOpenAI converts it in a worker thread, a thread hop per call
+        that a busy loop pays in CPU and, waiting for the lock, in latency. Structured output,
+        the Responses API and response headers take ChatOpenAI's own path."""
+        payload = self._get_request_payload(messages, stop=stop, **kwargs)
+        own_path = "response_format" in payload or self._use_responses_api(payload)
+        if own_path or self.include_response_headers or self._uses_gateway:
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
+        try:
+            response = await self.async_client.create(**payload)
+        except openai.BadRequestError as error:
+            _handle_openai_bad_request(error)
+            raise
+        except openai.APIError as error:
+            _handle_openai_api_error(error)
+            raise
+        return self._create_chat_result(response, {})
 
 
 def _settings(context: ModelContext, role: Role) -> ModelSettings:

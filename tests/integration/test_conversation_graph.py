@@ -195,7 +195,7 @@ async def test_history_window_bounds_prompt_and_keeps_prefix_stable() -> None:
     assert server.stats["cached_tokens"] > 0.5 * server.stats["prompt_tokens"]
 
 
-def test_end_guard_drops_trailing_user_and_empty_messages() -> None:
+async def test_end_guard_drops_trailing_user_and_empty_messages() -> None:
     state = {
         "conversation_id": "c1",
         "scenario": SCENARIO.to_record(),
@@ -216,7 +216,7 @@ def test_end_guard_drops_trailing_user_and_empty_messages() -> None:
         context = ConversationContext(base_url="http://127.0.0.1:9/v1", model="m")
         stream_writer = staticmethod(lambda _event: None)
 
-    out = end_guard(state, Runtime())  # type: ignore[arg-type]
+    out = await end_guard(state, Runtime())  # type: ignore[arg-type]
     assert out["conversation"] == [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"},
