@@ -5,11 +5,13 @@ its id and how far it got), so a crashed or interrupted run can be resumed."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -17,17 +19,36 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import aiosqlite
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-from graph_distill.run.checkpoint_serde import MessagePackingSerializer
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_metadata,
+)
+from langgraph.checkpoint.sqlite import SqliteSaver
 
 DB_NAME = ".graph-distill-runs.sqlite"
 # How long a write waits for another process's (two runs may share a directory).
 BUSY_TIMEOUT_SECONDS = 60.0
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
+# Channels whose list items never change once in a graph's state: each is stored once.
+STORED_ONCE = ("conversation_messages", "round_prints")
+# How a checkpoint refers to a stored item (a key no state item has).
+ITEM_REF = "__graph_distill_item__"
+# Threads whose stored items are remembered (more than a run works on at once).
+MAX_REMEMBERED_THREADS = 1024
+
+_ITEMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS graph_distill_items (
+    thread_id TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    type TEXT NOT NULL,
+    item BLOB NOT NULL,
+    PRIMARY KEY (thread_id, digest)
+) WITHOUT ROWID
+"""
 
 
 _SCHEMA = """
@@ -115,27 +136,25 @@ def latest_unfinished_run(conversation_dir: Path) -> StoredRun | None:
 
 
 class RunManifest:
-    """The runs recorded beside the checkpoints, kept through the checkpointer's connection and
-    lock: with a second connection, a writer could wait on a transaction the event loop it
-    blocks would have committed."""
+    """The runs recorded beside the checkpoints, kept through the checkpointer's connection (a
+    second connection could wait on a transaction of the first that it blocks). Its methods are
+    coroutines for their callers, and do their few statements at once."""
 
-    def __init__(self, saver: AsyncSqliteSaver, path: Path) -> None:
+    def __init__(self, saver: RunCheckpointSaver, path: Path) -> None:
         self.saver = saver
         self.path = path
 
     async def setup(self) -> None:
-        async with self.saver.lock:
-            await self.saver.conn.executescript(_SCHEMA)
-            await self.saver.conn.commit()
+        with self.saver.transaction() as cursor:
+            cursor.executescript(_SCHEMA)
 
     async def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        async with self.saver.lock:
-            await self.saver.conn.executemany(sql, rows)
-            await self.saver.conn.commit()
+        with self.saver.transaction() as cursor:
+            cursor.executemany(sql, rows)
 
     async def _read(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
-        async with self.saver.lock, self.saver.conn.execute(sql, parameters) as cursor:
-            return list(await cursor.fetchall())
+        with self.saver.transaction() as cursor:
+            return list(cursor.execute(sql, parameters).fetchall())
 
     async def get(self, run_id: str) -> StoredRun:
         rows = await self._read(f"{_RUN_COLUMNS} WHERE run_id = ?", (run_id,))
@@ -155,35 +174,32 @@ class RunManifest:
             complete=False,
         )
         items = [(run.run_id, index, uuid4().hex, ItemStatus.PENDING) for index in range(count)]
-        async with self.saver.lock:
-            await self.saver.conn.execute(
+        with self.saver.transaction() as cursor:
+            cursor.execute(
                 "INSERT INTO graph_distill_runs (run_id, created_at, settings) VALUES (?, ?, ?)",
                 (run.run_id, run.created_at, json.dumps(run.settings)),
             )
-            await self.saver.conn.executemany(
+            cursor.executemany(
                 "INSERT INTO graph_distill_run_items (run_id, item_index, conversation_id, status)"
                 " VALUES (?, ?, ?, ?)",
                 items,
             )
-            await self.saver.conn.commit()
         return run
 
     async def add_item(self, run_id: str) -> RunItem:
         """One more pending conversation for run ``run_id`` (a replacement)."""
-        async with self.saver.lock:
-            cursor = await self.saver.conn.execute(
+        with self.saver.transaction() as cursor:
+            (index,) = cursor.execute(
                 "SELECT COALESCE(MAX(item_index), -1) + 1 FROM graph_distill_run_items "
                 "WHERE run_id = ?",
                 (run_id,),
-            )
-            (index,) = await cursor.fetchone()  # type: ignore[misc]
+            ).fetchone()
             item = RunItem(index, uuid4().hex, ItemStatus.PENDING, None, None)
-            await self.saver.conn.execute(
+            cursor.execute(
                 "INSERT INTO graph_distill_run_items (run_id, item_index, conversation_id, status)"
                 " VALUES (?, ?, ?, ?)",
                 (run_id, item.index, item.conversation_id, item.status),
             )
-            await self.saver.conn.commit()
         return item
 
     async def items(self, run_id: str) -> list[RunItem]:
@@ -235,26 +251,124 @@ def _text(path: Path | None) -> str | None:
     return str(Path(path).absolute()) if path is not None else None
 
 
-class RunCheckpointSaver(AsyncSqliteSaver):
-    """An AsyncSqliteSaver for runs that may be killed at any moment.
+class RunCheckpointSaver(SqliteSaver):
+    """The checkpointer of runs that may be killed at any moment, whose checkpoints cost the
+    same at round 100 as at round 1.
 
-    It keeps only each thread's latest checkpoint and its writes: resuming needs nothing older,
-    and every checkpoint holds the whole state (the conversation so far), so keeping them all
-    would grow the database with the square of the rounds.
+    It keeps only each thread's latest checkpoint and its writes: resuming needs nothing older.
 
-    It saves a finished task's writes at once: LangGraph passes them through the same
-    ``max_concurrency`` gate as the tasks, so they would wait until every queued task of the
-    step had started (a kill in between would lose, say, most of the distilled chunks).
-    LangGraph calls this method when the task ends and awaits the result behind the gate."""
+    Every checkpoint holds the whole state, and LangGraph takes one after every step, so a
+    conversation's messages would be written again at each step (the square of the rounds).
+    The items of ``STORED_ONCE`` channels (messages, round fingerprints) never change once in
+    the state (a node that edits a message writes a new one), so each is stored once per
+    thread, by its digest, in ``graph_distill_items``, in the transaction of the first
+    checkpoint that refers to it; checkpoints hold references, which reading resolves.
 
-    def aput_writes(  # type: ignore[override]
+    Its coroutines do their statements at once, in the event loop's thread: each is a short
+    transaction on a local file, cheaper than the two thread switches a call to a SQLite
+    thread costs (a run takes several checkpoints per model call). So a finished task's writes
+    are saved when LangGraph hands them over, not when it awaits the result behind its
+    ``max_concurrency`` gate (that would wait until every queued task of the step had started:
+    a kill in between would lose, say, most of the distilled chunks)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
+        # thread id -> {id(item): (item, digest)} for the items known to be stored; holding the
+        # item keeps its id from being reused. The oldest threads are forgotten first.
+        self._stored: OrderedDict[str, dict[int, tuple[Any, bytes]]] = OrderedDict()
+
+    def setup(self) -> None:
+        if self.is_setup:
+            return
+        super().setup()
+        self.conn.executescript(_ITEMS_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """A cursor whose statements are committed together, or not at all."""
+        with self.lock:
+            self.setup()
+            cursor = self.conn.cursor()
+            try:
+                yield cursor
+                self.conn.commit()
+            except BaseException:
+                self.conn.rollback()
+                raise
+            finally:
+                cursor.close()
+
+    def put(
         self,
         config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> asyncio.Task[None]:
-        return asyncio.ensure_future(super().aput_writes(config, writes, task_id, task_path))
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        place = config["configurable"]
+        thread_id, namespace = str(place["thread_id"]), place["checkpoint_ns"]
+        values, rows, learned = self._by_reference(thread_id, checkpoint["channel_values"])
+        kind, blob = self.serde.dumps_typed({**checkpoint, "channel_values": values})
+        meta = json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False)
+        key = (thread_id, namespace, checkpoint["id"])
+        older = "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id < ?"
+        with self.transaction() as cursor:
+            cursor.executemany(
+                "INSERT OR IGNORE INTO graph_distill_items (thread_id, digest, type, item) "
+                "VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            cursor.execute(
+                "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
+                "parent_checkpoint_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, place.get("checkpoint_id"), kind, blob, meta.encode("utf-8", "ignore")),
+            )
+            cursor.execute(f"DELETE FROM writes {older}", key)
+            cursor.execute(f"DELETE FROM checkpoints {older}", key)
+        self._known(thread_id).update(learned)
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": namespace,
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        found = super().get_tuple(config)
+        return self._resolved(found) if found is not None else None
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        # Gathered first: the parent holds the connection's lock while it yields.
+        listed = list(super().list(config, filter=filter, before=before, limit=limit))
+        return (self._resolved(found) for found in listed)
+
+    def delete_thread(self, thread_id: str) -> None:
+        with self.transaction() as cursor:
+            for table in ("checkpoints", "writes", "graph_distill_items"):
+                cursor.execute(f"DELETE FROM {table} WHERE thread_id = ?", (str(thread_id),))
+        self._stored.pop(str(thread_id), None)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.get_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for found in self.list(config, filter=filter, before=before, limit=limit):
+            yield found
 
     async def aput(
         self,
@@ -263,15 +377,101 @@ class RunCheckpointSaver(AsyncSqliteSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        saved = await super().aput(config, checkpoint, metadata, new_versions)
-        where = "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id < ?"
-        place = saved["configurable"]
-        key = (str(place["thread_id"]), place["checkpoint_ns"], place["checkpoint_id"])
-        async with self.lock:
-            await self.conn.execute(f"DELETE FROM writes {where}", key)
-            await self.conn.execute(f"DELETE FROM checkpoints {where}", key)
-            await self.conn.commit()
-        return saved
+        return self.put(config, checkpoint, metadata, new_versions)
+
+    def aput_writes(  # type: ignore[override]
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self.put_writes(config, writes, task_id, task_path)
+        except Exception as error:  # raised where LangGraph awaits the result, as it expects
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+        return done
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        self.delete_thread(thread_id)
+
+    def _known(self, thread_id: str) -> dict[int, tuple[Any, bytes]]:
+        known = self._stored.get(thread_id)
+        if known is None:
+            known = self._stored[thread_id] = {}
+            if len(self._stored) > MAX_REMEMBERED_THREADS:
+                self._stored.popitem(last=False)
+        self._stored.move_to_end(thread_id)
+        return known
+
+    def _by_reference(
+        self, thread_id: str, values: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[tuple[str, bytes, str, bytes]], dict[int, tuple[Any, bytes]]]:
+        """``values`` with the stored-once items as references; the rows of those not stored
+        yet; and what to remember of them once stored."""
+        known = self._known(thread_id)
+        rows: list[tuple[str, bytes, str, bytes]] = []
+        learned: dict[int, tuple[Any, bytes]] = {}
+        replaced = dict(values)
+        for channel in STORED_ONCE:
+            items = values.get(channel)
+            if not isinstance(items, list):
+                continue
+            refs = []
+            for item in items:
+                seen = known.get(id(item)) or learned.get(id(item))
+                if seen is None or seen[0] is not item:
+                    kind, blob = self.serde.dumps_typed(item)
+                    digest = hashlib.blake2b(kind.encode() + b"\0" + blob, digest_size=16).digest()
+                    rows.append((thread_id, digest, kind, blob))
+                    seen = learned[id(item)] = (item, digest)
+                refs.append({ITEM_REF: seen[1]})
+            replaced[channel] = refs
+        return replaced, rows, learned
+
+    def _resolved(self, found: CheckpointTuple) -> CheckpointTuple:
+        """``found`` with its references replaced by the stored items."""
+        values = found.checkpoint["channel_values"]
+        if not any(_has_refs(values.get(channel)) for channel in STORED_ONCE):
+            return found
+        thread_id = str(found.config["configurable"]["thread_id"])
+        with self.transaction() as cursor:
+            rows = cursor.execute(
+                "SELECT digest, type, item FROM graph_distill_items WHERE thread_id = ?",
+                (thread_id,),
+            ).fetchall()
+        items = {digest: self.serde.loads_typed((kind, blob)) for digest, kind, blob in rows}
+        known = self._known(thread_id)
+        resolved = dict(values)
+        for channel in STORED_ONCE:
+            refs = values.get(channel)
+            if _has_refs(refs):
+                resolved[channel] = [_item(items, ref, thread_id) for ref in refs]
+                known.update(
+                    (id(item), (item, ref[ITEM_REF]))
+                    for item, ref in zip(resolved[channel], refs, strict=True)
+                )
+        return found._replace(checkpoint={**found.checkpoint, "channel_values": resolved})
+
+
+def _has_refs(items: Any) -> bool:
+    return isinstance(items, list) and any(
+        isinstance(item, dict) and ITEM_REF in item for item in items
+    )
+
+
+def _item(items: dict[bytes, Any], ref: Any, thread_id: str) -> Any:
+    if not (isinstance(ref, dict) and ITEM_REF in ref):
+        return ref
+    try:
+        return items[ref[ITEM_REF]]
+    except KeyError:
+        raise ResumeError(
+            f"the checkpoint of {thread_id} refers to a stored item that is missing"
+        ) from None
 
 
 @asynccontextmanager
@@ -282,13 +482,16 @@ async def open_store(
     a kill -9)."""
     path = db_path(conversation_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    async with aiosqlite.connect(path, timeout=BUSY_TIMEOUT_SECONDS) as connection:
-        await connection.execute("PRAGMA journal_mode=WAL")
+    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
         # In WAL mode NORMAL survives a killed process; only a power cut may lose the last steps.
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
-        saver = RunCheckpointSaver(connection, serde=MessagePackingSerializer())
-        await saver.setup()
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+        saver = RunCheckpointSaver(connection)
+        saver.setup()
         manifest = RunManifest(saver, path)
         await manifest.setup()
         yield saver, manifest
+    finally:
+        connection.close()
