@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import httpx2
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
@@ -16,6 +17,9 @@ from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import _handle_openai_api_error, _handle_openai_bad_request
 from langgraph.types import RetryPolicy
+from openai._base_client import _merge_mappings
+from openai._models import FinalRequestOptions
+from openai._utils._json import openapi_dumps
 from pydantic import PrivateAttr
 
 from graph_distill.context import ModelContext
@@ -37,6 +41,8 @@ _PLAIN_ROLES: dict[type[BaseMessage], str] = {
     AIMessage: "assistant",
     SystemMessage: "system",
 }
+# Where the messages go in a body before their JSON is spliced in (no text has it).
+_MESSAGES_MARK = "\0graph-distill: the messages\0"
 # ChatOpenAI sends system messages to these models as "developer" messages.
 _O_SERIES = re.compile(r"^o\d")
 
@@ -53,21 +59,67 @@ def _plain_dict(message: BaseMessage) -> dict[str, Any] | None:
     return {"content": content, "role": role}
 
 
+class EncodedMessages(list[dict[str, Any]]):
+    """A request's plain messages, with each one's JSON as the SDK encodes it (``encoded``)."""
+
+    def __init__(self, messages: Sequence[dict[str, Any]], encoded: Sequence[bytes]) -> None:
+        super().__init__(messages)
+        self.encoded = list(encoded)
+
+
+def _plain(message: BaseMessage) -> tuple[dict[str, Any], bytes] | None:
+    as_dict = _plain_dict(message)
+    return None if as_dict is None else (as_dict, openapi_dumps(as_dict))
+
+
 def plain_dicts(
     messages: Sequence[BaseMessage], resources: RunResources | None = None
-) -> list[dict[str, Any]] | None:
+) -> EncodedMessages | None:
     """The request's messages when all are plain text messages; None otherwise. With
-    ``resources``, each message is converted once per run."""
-    dicts = []
+    ``resources``, each message is converted and encoded once per run."""
+    dicts, encoded = [], []
     for message in messages:
-        if resources is None:
-            converted = _plain_dict(message)
-        else:
-            converted = resources.derived("plain_dict", message, _plain_dict)
-        if converted is None:
+        plain = (
+            _plain(message) if resources is None else resources.derived("plain", message, _plain)
+        )
+        if plain is None:
             return None
-        dicts.append(converted)
-    return dicts
+        dicts.append(plain[0])
+        encoded.append(plain[1])
+    return EncodedMessages(dicts, encoded)
+
+
+class RunAsyncOpenAI(openai.AsyncOpenAI):
+    """The SDK's client, except that a body whose messages come encoded (``EncodedMessages``)
+    is built from their JSON rather than by encoding the whole history again on every call.
+    The bytes are those the SDK would send: a JSON list is its items' JSON joined by commas,
+    in the place the SDK's own encoding of the rest of the body puts the list."""
+
+    def _build_request(
+        self, options: FinalRequestOptions, *, retries_taken: int = 0
+    ) -> httpx2.Request:
+        body = _spliced_body(options)
+        if body is not None:
+            options = options.model_copy(update={"json_data": body, "extra_json": None})
+        return super()._build_request(options, retries_taken=retries_taken)
+
+
+def _spliced_body(options: FinalRequestOptions) -> bytes | None:
+    """The JSON body of ``options`` with its encoded messages spliced in; None when it has
+    none (or anything unusual), for the SDK to build."""
+    extra, data = options.extra_json, options.json_data
+    messages = extra.get("messages") if isinstance(extra, Mapping) else None
+    if not isinstance(messages, EncodedMessages) or not isinstance(data, Mapping):
+        return None
+    if options.content is not None or options.files is not None:
+        return None
+    merged = _merge_mappings(data, extra)
+    merged["messages"] = _MESSAGES_MARK
+    body = openapi_dumps(merged)
+    mark = openapi_dumps(_MESSAGES_MARK)
+    if body.count(mark) != 1:
+        return None
+    return body.replace(mark, b"[" + b",".join(messages.encoded) + b"]")
 
 
 def _as_messages(input_: LanguageModelInput) -> list[BaseMessage] | None:
@@ -240,6 +292,17 @@ def _chat_openai(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
     )
     model._levels = resources.levels
     model._resources = resources
+    model.root_async_client = RunAsyncOpenAI(
+        api_key=spec.api_key,
+        organization=model.openai_organization,
+        base_url=model.openai_api_base,
+        timeout=model.request_timeout,
+        max_retries=model.max_retries,
+        default_headers=model.default_headers,
+        default_query=model.default_query,
+        http_client=model.http_async_client,
+    )
+    model.async_client = model.root_async_client.chat.completions
     return model
 
 

@@ -4,6 +4,7 @@ with and without the model's own ``extra_body`` entries, whatever the messages."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from langchain_openai.chat_models.base import _convert_message_to_dict
 
 from graph_distill.context import ConversationContext
 from graph_distill.llm import models
-from graph_distill.llm.models import RunChatOpenAI, chat_model, plain_dicts
+from graph_distill.llm.models import (
+    EncodedMessages,
+    RunAsyncOpenAI,
+    RunChatOpenAI,
+    chat_model,
+    plain_dicts,
+)
 from graph_distill.llm.resources import RunResources
 from graph_distill.llm.settings import ENV_NAMES
 from graph_distill.llm.structured import OutputSpec, ainvoke_structured
@@ -110,6 +117,7 @@ async def sent_bodies(
     ctx = ConversationContext(base_url=fake.base_url, api_key="k", model="m", max_retries=0)
     async with RunResources() as resources:
         ours = chat_model(ctx, "assistant", temperature=0.5, max_tokens=64, resources=resources)
+        assert isinstance(ours.root_async_client, RunAsyncOpenAI)  # messages spliced in
         if not own_extra:  # as for api.openai.com, which gets no extra_body entries
             ours = ours.model_copy(update={"extra_body": None})
         await call(ours, messages)
@@ -145,3 +153,26 @@ def test_plain_messages_convert_as_chat_openai_converts_them() -> None:
     assert plain_dicts(UNUSUAL) is None
     for message in UNUSUAL[:-1]:
         assert plain_dicts([message]) is None
+
+
+def test_plain_messages_come_encoded_as_the_sdk_encodes_them() -> None:
+    encoded = plain_dicts(PLAIN)
+    assert isinstance(encoded, EncodedMessages)
+    assert encoded.encoded == [
+        json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode() for d in encoded
+    ]
+
+
+async def test_a_body_that_holds_the_splice_mark_is_left_to_the_sdk(
+    fake: FakeOpenAIServer,
+) -> None:
+    """A stop sequence made of the mark the messages' place is held by: the body is still the
+    stock one (the SDK builds it)."""
+    ctx = ConversationContext(base_url=fake.base_url, api_key="k", model="m", max_retries=0)
+    mark = models._MESSAGES_MARK
+    async with RunResources() as resources:
+        ours = chat_model(ctx, "assistant", temperature=0.5, max_tokens=64, resources=resources)
+        await ours.ainvoke(PLAIN, stop=[mark])
+        await stock_twin(ours).ainvoke(PLAIN, stop=[mark])
+    first, second = fake.records[-2:]
+    assert first.raw == second.raw
