@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import operator
 import secrets
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +26,7 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
+    SerializerProtocol,
     get_checkpoint_metadata,
 )
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -273,9 +275,8 @@ class RunCheckpointSaver(SqliteSaver):
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__(conn)
-        # thread id -> {id(item): (item, digest)} for the items known to be stored; holding the
-        # item keeps its id from being reused. The oldest threads are forgotten first.
-        self._stored: OrderedDict[str, dict[int, tuple[Any, bytes]]] = OrderedDict()
+        # What is known to be stored, per thread; the oldest threads are forgotten first.
+        self._stored: OrderedDict[str, _StoredItems] = OrderedDict()
 
     def setup(self) -> None:
         if self.is_setup:
@@ -307,7 +308,8 @@ class RunCheckpointSaver(SqliteSaver):
     ) -> RunnableConfig:
         place = config["configurable"]
         thread_id, namespace = str(place["thread_id"]), place["checkpoint_ns"]
-        values, rows, learned = self._by_reference(thread_id, checkpoint["channel_values"])
+        stored = self._known(thread_id)
+        values, rows, learned = stored.by_reference(checkpoint["channel_values"], self.serde)
         kind, blob = self.serde.dumps_typed({**checkpoint, "channel_values": values})
         meta = json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False)
         key = (thread_id, namespace, checkpoint["id"])
@@ -325,7 +327,7 @@ class RunCheckpointSaver(SqliteSaver):
             )
             cursor.execute(f"DELETE FROM writes {older}", key)
             cursor.execute(f"DELETE FROM checkpoints {older}", key)
-        self._known(thread_id).update(learned)
+        stored.learn(learned)
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -398,39 +400,14 @@ class RunCheckpointSaver(SqliteSaver):
     async def adelete_thread(self, thread_id: str) -> None:
         self.delete_thread(thread_id)
 
-    def _known(self, thread_id: str) -> dict[int, tuple[Any, bytes]]:
-        known = self._stored.get(thread_id)
-        if known is None:
-            known = self._stored[thread_id] = {}
+    def _known(self, thread_id: str) -> _StoredItems:
+        stored = self._stored.get(thread_id)
+        if stored is None:
+            stored = self._stored[thread_id] = _StoredItems(thread_id)
             if len(self._stored) > MAX_REMEMBERED_THREADS:
                 self._stored.popitem(last=False)
         self._stored.move_to_end(thread_id)
-        return known
-
-    def _by_reference(
-        self, thread_id: str, values: dict[str, Any]
-    ) -> tuple[dict[str, Any], list[tuple[str, bytes, str, bytes]], dict[int, tuple[Any, bytes]]]:
-        """``values`` with the stored-once items as references; the rows of those not stored
-        yet; and what to remember of them once stored."""
-        known = self._known(thread_id)
-        rows: list[tuple[str, bytes, str, bytes]] = []
-        learned: dict[int, tuple[Any, bytes]] = {}
-        replaced = dict(values)
-        for channel in STORED_ONCE:
-            items = values.get(channel)
-            if not isinstance(items, list):
-                continue
-            refs = []
-            for item in items:
-                seen = known.get(id(item)) or learned.get(id(item))
-                if seen is None or seen[0] is not item:
-                    kind, blob = self.serde.dumps_typed(item)
-                    digest = hashlib.blake2b(kind.encode() + b"\0" + blob, digest_size=16).digest()
-                    rows.append((thread_id, digest, kind, blob))
-                    seen = learned[id(item)] = (item, digest)
-                refs.append({ITEM_REF: seen[1]})
-            replaced[channel] = refs
-        return replaced, rows, learned
+        return stored
 
     def _resolved(self, found: CheckpointTuple) -> CheckpointTuple:
         """``found`` with its references replaced by the stored items."""
@@ -444,17 +421,76 @@ class RunCheckpointSaver(SqliteSaver):
                 (thread_id,),
             ).fetchall()
         items = {digest: self.serde.loads_typed((kind, blob)) for digest, kind, blob in rows}
-        known = self._known(thread_id)
+        learned = _Learned()
         resolved = dict(values)
         for channel in STORED_ONCE:
             refs = values.get(channel)
             if _has_refs(refs):
                 resolved[channel] = [_item(items, ref, thread_id) for ref in refs]
-                known.update(
+                learned.lists[channel] = (list(resolved[channel]), list(refs))
+                learned.digests.update(
                     (id(item), (item, ref[ITEM_REF]))
                     for item, ref in zip(resolved[channel], refs, strict=True)
                 )
+        self._known(thread_id).learn(learned)
         return found._replace(checkpoint={**found.checkpoint, "channel_values": resolved})
+
+
+@dataclass
+class _Learned:
+    """Items a checkpoint refers to: by ``id(item)``, ``(item, digest)`` (holding the item
+    keeps its id from being reused); by channel, its items and their references."""
+
+    digests: dict[int, tuple[Any, bytes]] = field(default_factory=dict)
+    lists: dict[str, tuple[list[Any], list[dict[str, bytes]]]] = field(default_factory=dict)
+
+
+class _StoredItems(_Learned):
+    """What a saver knows it stored for one thread: each item, and the last checkpoint's
+    lists (a list that grows keeps its head, whose references need no new look)."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__()
+        self.thread_id = thread_id
+
+    def learn(self, learned: _Learned) -> None:
+        """Take what a committed checkpoint stored."""
+        self.digests.update(learned.digests)
+        self.lists.update(learned.lists)
+
+    def by_reference(
+        self, values: dict[str, Any], serde: SerializerProtocol
+    ) -> tuple[dict[str, Any], list[tuple[str, bytes, str, bytes]], _Learned]:
+        """``values`` with the stored-once items as references, the rows of the items not
+        stored yet, and what to learn once they are."""
+        rows: list[tuple[str, bytes, str, bytes]] = []
+        learned = _Learned()
+        replaced = dict(values)
+        for channel in STORED_ONCE:
+            items = values.get(channel)
+            if not isinstance(items, list):
+                continue
+            refs = self._kept_head(channel, items)
+            for item in items[len(refs) :]:
+                seen = self.digests.get(id(item)) or learned.digests.get(id(item))
+                if seen is None or seen[0] is not item:
+                    kind, blob = serde.dumps_typed(item)
+                    digest = hashlib.blake2b(kind.encode() + b"\0" + blob, digest_size=16).digest()
+                    rows.append((self.thread_id, digest, kind, blob))
+                    seen = learned.digests[id(item)] = (item, digest)
+                refs.append({ITEM_REF: seen[1]})
+            replaced[channel] = refs
+            learned.lists[channel] = (list(items), refs)
+        return replaced, rows, learned
+
+    def _kept_head(self, channel: str, items: list[Any]) -> list[dict[str, bytes]]:
+        """The references of the last checkpoint's list of ``channel`` when ``items`` starts
+        with the same objects (a copy of that list is kept: in-place edits show)."""
+        last = self.lists.get(channel)
+        if last is None or len(last[0]) > len(items):
+            return []
+        head, refs = last
+        return list(refs) if all(map(operator.is_, head, items)) else []
 
 
 def _has_refs(items: Any) -> bool:
