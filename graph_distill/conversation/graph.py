@@ -1,4 +1,4 @@
-"""The conversation graph: user simulator -> noise -> assistant, then the stagnation detector
+"""The conversation graph: user simulator (with typos) -> assistant, then the stagnation detector
 routes to the next user message, a topic switch, or the end guard."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from langgraph.graph import END, START, StateGraph
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.nodes import (
-    add_noise,
     detect_stagnation,
     end_guard,
     respond,
@@ -22,8 +21,8 @@ from graph_distill.conversation.state import (
 )
 from graph_distill.llm.models import LLM_RETRY
 
-# Steps one round takes at most (user, noise, assistant, switch; routing is an edge, not a step).
-STEPS_PER_ROUND = 4
+# Steps one round takes at most (user, assistant, switch; routing is an edge, not a step).
+STEPS_PER_ROUND = 3
 # start and end_guard, with room to spare.
 EXTRA_STEPS = 10
 
@@ -41,14 +40,12 @@ conversation_builder = StateGraph(
 )
 conversation_builder.add_node("start", start)
 conversation_builder.add_node("simulate_user", simulate_user, retry_policy=LLM_RETRY)
-conversation_builder.add_node("add_noise", add_noise)
 conversation_builder.add_node("respond", respond, retry_policy=LLM_RETRY)
 conversation_builder.add_node("switch_topic", switch_topic, retry_policy=LLM_RETRY)
 conversation_builder.add_node("end_guard", end_guard)
 conversation_builder.add_edge(START, "start")
 conversation_builder.add_edge("start", "simulate_user")
-conversation_builder.add_edge("simulate_user", "add_noise")
-conversation_builder.add_edge("add_noise", "respond")
+conversation_builder.add_edge("simulate_user", "respond")
 conversation_builder.add_conditional_edges(
     "respond", detect_stagnation, ["simulate_user", "switch_topic", "end_guard"]
 )

@@ -1,4 +1,4 @@
-"""Nodes of the conversation graph: simulated user, noise, assistant, topic switch, end guard;
+"""Nodes of the conversation graph: simulated user (with typos), assistant, topic switch, end guard;
 and the stagnation detector, the conditional edge after each assistant reply.
 
 Nodes are coroutines even when they do no I/O: LangGraph runs a plain function in a worker
@@ -122,20 +122,29 @@ def _next_followup(state: ConversationState) -> str | None:
 async def simulate_user(
     state: ConversationState, runtime: Runtime[ConversationContext]
 ) -> dict[str, Any]:
-    """The next user message, written by a model that sees the chat from the user's side."""
+    """The next user message, written by a model that sees the chat from the user's side, with
+    typos and grammar slips in a seeded share of them (the clean text is kept in ``noise``)."""
+    ctx = _context(runtime)
     messages = state.get("conversation_messages", [])
     turn = len(messages)
     breaks: list[dict[str, Any]] = []
     if not messages:
         text, usage = _scenario(state).user_prompt, empty_usage()
     else:
-        text, usage, breaks = await _write_user_message(state, _context(runtime))
-    return {
-        "conversation_messages": [HumanMessage(text, id=f"m{turn}")],
+        text, usage, breaks = await _write_user_message(state, ctx)
+    user_turn = sum(isinstance(m, HumanMessage) for m in messages)
+    noised = noise_user_message(text, seed=state["seed"], user_turn=user_turn, rate=ctx.typo_rate)
+    shown = text if noised is None else noised.text
+    runtime.stream_writer(Progress(kind="user_message", turn=turn, text=shown))
+    update: dict[str, Any] = {
+        "conversation_messages": [HumanMessage(shown, id=f"m{turn}")],
         "pending_topic": None,
         "conversation_usage": usage,
         "role_breaks": breaks,
     }
+    if noised is not None:
+        update["noise"] = [{"turn": turn, "clean": text, "edits": noised.edits}]
+    return update
 
 
 async def _write_user_message(
@@ -171,27 +180,6 @@ async def _write_user_message(
         breaks.append({"turn": turn, "reason": why})
     fallback = state.get("pending_topic") or _next_followup(state) or "Can you go into more detail?"
     return fallback, usage, breaks
-
-
-async def add_noise(
-    state: ConversationState, runtime: Runtime[ConversationContext]
-) -> dict[str, Any]:
-    """Typos and grammar slips in a seeded share of user messages (the clean text is kept)."""
-    ctx = _context(runtime)
-    messages = state["conversation_messages"]
-    latest = messages[-1]
-    user_turn = sum(isinstance(m, HumanMessage) for m in messages) - 1
-    result = noise_user_message(
-        latest.text, seed=state["seed"], user_turn=user_turn, rate=ctx.typo_rate
-    )
-    shown = latest.text if result is None else result.text
-    runtime.stream_writer(Progress(kind="user_message", turn=len(messages) - 1, text=shown))
-    if result is None:
-        return {}
-    return {
-        "conversation_messages": [HumanMessage(result.text, id=latest.id)],
-        "noise": [{"turn": len(messages) - 1, "clean": latest.text, "edits": result.edits}],
-    }
 
 
 async def respond(

@@ -250,7 +250,6 @@ def test_graph_is_named_and_drawable_offline() -> None:
     mermaid = conversation_graph.get_graph().draw_mermaid()
     for node in (
         "simulate_user",
-        "add_noise",
         "respond",
         "switch_topic",
         "end_guard",

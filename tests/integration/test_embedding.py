@@ -18,8 +18,8 @@ from graph_distill.conversation.graph import recursion_limit
 from tests.support.fake_openai import FakeOpenAIServer
 
 ROUNDS = 2
-# Enough rounds that the embedded conversation needs more than 25 steps (about 4 per round).
-LONG_ROUNDS = 8
+# Enough rounds that the embedded conversation needs more than 25 steps (2 or 3 per round).
+LONG_ROUNDS = 14
 OLD_DEFAULT_RECURSION_LIMIT = 25
 
 

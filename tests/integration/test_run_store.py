@@ -62,9 +62,9 @@ async def test_state_read_back_is_the_state_and_each_item_is_stored_once(tmp_pat
     assert ours == await converse(InMemorySaver(), before_end=True)
     messages, noise = ours["conversation_messages"], ours["noise"]
     assert len(messages) == 2 * ROUNDS and len(noise) == ROUNDS
-    # Each message once, each noised user message also in its clean form, a print per round.
+    # Each message once (the clean text of a noised one is in ``noise``), a print per round.
     (items,) = rows(tmp_path, "SELECT COUNT(*) FROM graph_distill_items")[0]
-    assert items == len(messages) + len(noise) + ROUNDS
+    assert items == len(messages) + ROUNDS
     (blob,) = rows(tmp_path, "SELECT checkpoint FROM checkpoints")[0]
     for message in messages:
         assert message.text.encode() not in blob
