@@ -391,8 +391,11 @@ class RunCheckpointSaver(SqliteSaver):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             self.put_writes(config, writes, task_id, task_path)
-        except Exception as error:  # raised where LangGraph awaits the result, as it expects
+        except Exception as error:
+            # Raised where LangGraph awaits the result; when it does not (a task cancelled
+            # after the run's store closed, on Ctrl-C), the error is not reported on exit.
             done.set_exception(error)
+            done.add_done_callback(lambda future: future.exception())
         else:
             done.set_result(None)
         return done
