@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from langchain_core.rate_limiters import BaseRateLimiter
@@ -230,9 +231,15 @@ class _ReportedBody(httpx2.AsyncByteStream):
     """A streamed response body that reports once whether it arrived whole (and marks the
     error of one that did not: see ``is_stream_cut``)."""
 
-    def __init__(self, body: httpx2.AsyncByteStream, report: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        body: httpx2.AsyncByteStream,
+        report: Callable[[bool], None],
+        plain_error: Callable[[Exception], Exception],
+    ) -> None:
         self._body = body
         self._report = report
+        self._plain_error = plain_error
         self.reported = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -240,9 +247,12 @@ class _ReportedBody(httpx2.AsyncByteStream):
             async for part in self._body:
                 yield part
         except Exception as error:
-            setattr(error, _CUT_MARK, True)
+            plain = self._plain_error(error)
+            setattr(plain, _CUT_MARK, True)
             self._settle(False)
-            raise
+            if plain is error:
+                raise
+            raise plain from error.__cause__
         self._settle(True)
 
     async def aclose(self) -> None:
@@ -255,9 +265,9 @@ class _ReportedBody(httpx2.AsyncByteStream):
             self._report(arrived)
 
 
-class ThrottledAsyncClient(openai.DefaultAsyncHttpxClient):
-    """The openai SDK's default async HTTP client, with every request paced by ``throttle``
-    and its outcome (status, dropped connection, cut stream) reported to it."""
+class _Throttled(httpx2.AsyncClient):
+    """An HTTP client with every request paced by ``throttle`` and its outcome (status,
+    dropped connection, cut stream) reported to it."""
 
     def __init__(self, throttle: RunThrottle, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -272,15 +282,51 @@ class ThrottledAsyncClient(openai.DefaultAsyncHttpxClient):
             response = await super().send(request, stream=stream, **kwargs)
         except Exception as error:
             self.throttle.record(False, started_at)
-            setattr(error, _COPING_MARK, self.throttle.server_coping())
-            raise
+            plain = self._plain_error(error)
+            setattr(plain, _COPING_MARK, self.throttle.server_coping())
+            if plain is error:
+                raise
+            raise plain from error.__cause__
         succeeded = request_succeeded(response.status_code)
         if stream and succeeded:
             response.stream = _ReportedBody(
-                response.stream, lambda arrived: self.throttle.record(arrived, started_at)
+                response.stream,
+                lambda arrived: self.throttle.record(arrived, started_at),
+                self._plain_error,
             )
         else:
             self.throttle.record(succeeded, started_at)
             if not succeeded:
                 setattr(response, _COPING_MARK, self.throttle.server_coping())
         return response
+
+    @staticmethod
+    def _plain_error(error: Exception) -> Exception:
+        return error
+
+
+class ThrottledAsyncClient(_Throttled, openai.DefaultAsyncHttpxClient):
+    """The openai SDK's default async HTTP client (httpx), throttled."""
+
+
+class ThrottledAioHttpClient(_Throttled, openai.DefaultAioHttpClient):
+    """The openai SDK's aiohttp-based async HTTP client, throttled: much less of this process's
+    time per request than httpx's pool, which checks every pooled connection on each request.
+    Its session must be closed in the event loop that used it (a runner closes its run's)."""
+
+    @staticmethod
+    def _plain_error(error: Exception) -> Exception:
+        """The httpx error a failure is: the SDK's aiohttp transport reports any failed
+        connection (refused, dropped, reset) as a connect timeout, which it is not."""
+        cause = error.__cause__
+        if not isinstance(error, httpx2.TimeoutException) or not isinstance(
+            cause, aiohttp.ClientConnectionError
+        ):
+            return error
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return error
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return httpx2.ConnectError(str(cause))
+        if isinstance(cause, aiohttp.ServerDisconnectedError):
+            return httpx2.RemoteProtocolError(str(cause) or "the server closed the connection")
+        return httpx2.ReadError(str(cause))

@@ -414,7 +414,7 @@ async def distill_inputs(
         except ReaderUnavailable as error:
             raise FatalRunError(str(error)) from None
     summary = DistillSummary(
-        ledger=CostLedger(prices), resources=RunResources(ctx.requests_per_minute)
+        ledger=CostLedger(prices), resources=RunResources(ctx.requests_per_minute, aiohttp=True)
     )
     produce = produce or local_producer(ctx, concurrency)
     job = _Job(target, distill_settings(ctx, model), produce, force, reporter, summary)

@@ -14,12 +14,14 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from graph_distill.context import PipelineContext
-from graph_distill.llm.models import chat_model
+from graph_distill.llm.models import chat_model, describe_error
 from graph_distill.llm.resources import RunResources, run_resources, with_resources
 from graph_distill.llm.throttle import (
     BackoffPolicy,
     RunThrottle,
+    ThrottledAioHttpClient,
     ThrottledAsyncClient,
+    is_stream_cut,
     request_succeeded,
 )
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates
@@ -385,3 +387,42 @@ async def test_a_failing_server_gets_a_pause_not_a_flood() -> None:
     assert len(records) == FAILURES_TO_PAUSE + 1
     assert records[-1].received_at - records[-2].received_at >= 0.45
     assert throttle.stats().pauses == (0.5,)
+
+
+# ------------------------------------------------ a run's own client: aiohttp under the SDK
+
+
+@pytest.mark.parametrize("aiohttp", [False, True], ids=["httpx", "aiohttp"])
+async def test_a_refused_or_dropped_connection_is_not_taken_for_a_timeout(
+    fake: FakeOpenAIServer, aiohttp: bool
+) -> None:
+    refused = PipelineContext(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+    async with RunResources(aiohttp=aiohttp) as resources:
+        for ctx, fault in ((refused, None), (context_for(fake, max_retries=0), "drop")):
+            if fault:
+                fake.enqueue_fault(fault)
+            model = chat_model(ctx, "user", temperature=0.9, max_tokens=9, resources=resources)
+            with pytest.raises(openai.APIConnectionError) as caught:
+                await model.ainvoke([HumanMessage("hi")])
+            assert not isinstance(caught.value, openai.APITimeoutError)
+            assert describe_error(caught.value).startswith("could not reach the server")
+        assert (resources.stats().requests, resources.stats().failed) == (2, 2)
+
+
+async def test_a_run_on_aiohttp_counts_a_cut_stream_and_closes_its_session(
+    fake: FakeOpenAIServer,
+) -> None:
+    ctx = context_for(fake, max_retries=0)
+    async with RunResources(aiohttp=True) as resources:
+        model = chat_model(ctx, "assistant", temperature=0.7, max_tokens=200, resources=resources)
+        fake.enqueue_fault("drop", after_chunks=2)
+        with pytest.raises(Exception) as caught:
+            async for _chunk in model.astream([HumanMessage("tell me a story")]):
+                pass
+        assert is_stream_cut(caught.value)
+        chunks = [chunk async for chunk in model.astream([HumanMessage("another one")])]
+        assert chunks
+        client = resources.http_client()
+        assert isinstance(client, ThrottledAioHttpClient)
+        assert (resources.stats().requests, resources.stats().failed) == (2, 1)
+    assert client.is_closed
