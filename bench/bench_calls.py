@@ -48,7 +48,8 @@ from bench.bench_generate import (
     print_table,
     timed,
 )
-from graph_distill.llm.throttle import ThrottledAsyncClient
+from graph_distill.cli.common import tune_gc_for_runs
+from graph_distill.llm.throttle import ThrottledClient
 
 GROWTH_ROUNDS = 100
 GROWTH_REPEATS = 3
@@ -87,17 +88,17 @@ def cpu_at_each_request() -> Iterator[list[float]]:
     """This process's CPU seconds as each model request leaves (the fake server runs in another
     process, so the differences are the client's own work per call, whatever else runs)."""
     marks: list[float] = []
-    send = ThrottledAsyncClient.send
+    send = ThrottledClient.send
 
-    async def marked(self: ThrottledAsyncClient, *args: Any, **kwargs: Any) -> Any:
+    async def marked(self: ThrottledClient, *args: Any, **kwargs: Any) -> Any:
         marks.append(time.process_time())
         return await send(self, *args, **kwargs)
 
-    ThrottledAsyncClient.send = marked  # type: ignore[method-assign]
+    ThrottledClient.send = marked  # type: ignore[method-assign]
     try:
         yield marks
     finally:
-        ThrottledAsyncClient.send = send  # type: ignore[method-assign]
+        ThrottledClient.send = send  # type: ignore[method-assign]
 
 
 async def growth_part(quick: bool) -> list[Row]:
@@ -274,6 +275,7 @@ def main() -> int:
     parser.add_argument("--part", choices=sorted(PARTS), action="append")
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     args = parser.parse_args()
+    tune_gc_for_runs()  # as `run` and `distill` do (the baselines run in the same process)
     started = time.perf_counter()
     rows: list[Row] = []
     for name in args.part or list(PARTS):

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import openai
 
+from graph_distill.cli.common import tune_gc_for_runs
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.scenarios import builtin_scenarios
 from graph_distill.llm.prompting import load_prompt
@@ -488,6 +489,7 @@ def main() -> int:
     parser.add_argument("--in-process-server", action="store_true")
     parser.add_argument("--profile", choices=sorted(PARTS), help="cProfile one part")
     args = parser.parse_args()
+    tune_gc_for_runs()  # as `run` does (the baselines run in the same process)
     started = time.perf_counter()
     servers = Servers.start(args.in_process_server)
     try:

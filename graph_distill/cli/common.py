@@ -3,6 +3,7 @@ prices, and the closing table and line."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,19 @@ from .terminal import cost_table
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+# Cycle collection of a run: objects are allocated by the million and almost none is part of a
+# cycle, yet Python collects the young generation every 700 of them; at -j 48 that was a
+# tenth of the process's CPU.
+RUN_GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc_for_runs() -> None:
+    """Collect cycles far less often in this batch process, and never scan again what it
+    loaded to start (the modules, the settings)."""
+    gc.freeze()
+    gc.set_threshold(*RUN_GC_THRESHOLDS)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -56,7 +56,14 @@ from graph_distill.run.settings import (
 from graph_distill.run.store import ResumeError, latest_unfinished_run
 from graph_distill.run.summary import RunSummary
 
-from .common import fail, finish, plain_errors, prices_for, require_writable
+from .common import (
+    fail,
+    finish,
+    plain_errors,
+    prices_for,
+    require_writable,
+    tune_gc_for_runs,
+)
 from .options import given, options_from
 from .session import model_session
 from .terminal import choose_record_reporter, choose_reporter
@@ -154,6 +161,7 @@ def _generate(plan: RunPlan, ctx: PipelineContext, run_settings: GenerationSetti
                 err=True,
             )
         reporter = choose_reporter(quiet=quiet, tty=sys.stderr.isatty(), total=plan.count)
+        tune_gc_for_runs()
         try:
             return asyncio.run(run_conversations(plan, ctx, reporter))
         finally:
@@ -329,6 +337,7 @@ def _distill_here(
         settings,
         local,
     ):
+        tune_gc_for_runs()
         return asyncio.run(
             distill_inputs(
                 inputs,

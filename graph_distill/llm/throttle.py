@@ -265,7 +265,7 @@ class _ReportedBody(httpx2.AsyncByteStream):
             self._report(arrived)
 
 
-class _Throttled(httpx2.AsyncClient):
+class ThrottledClient(httpx2.AsyncClient):
     """An HTTP client with every request paced by ``throttle`` and its outcome (status,
     dropped connection, cut stream) reported to it."""
 
@@ -305,11 +305,11 @@ class _Throttled(httpx2.AsyncClient):
         return error
 
 
-class ThrottledAsyncClient(_Throttled, openai.DefaultAsyncHttpxClient):
+class ThrottledAsyncClient(ThrottledClient, openai.DefaultAsyncHttpxClient):
     """The openai SDK's default async HTTP client (httpx), throttled."""
 
 
-class ThrottledAioHttpClient(_Throttled, openai.DefaultAioHttpClient):
+class ThrottledAioHttpClient(ThrottledClient, openai.DefaultAioHttpClient):
     """The openai SDK's aiohttp-based async HTTP client, throttled: much less of this process's
     time per request than httpx's pool, which checks every pooled connection on each request.
     Its session must be closed in the event loop that used it (a runner closes its run's)."""

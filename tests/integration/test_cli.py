@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+from graph_distill.cli.common import RUN_GC_THRESHOLDS
 from graph_distill.cli.main import main
 from tests.support.fake_openai import FakeOpenAIServer, message_text
 from tests.support.files import json_files
@@ -288,3 +291,29 @@ def test_check_ok_and_failures() -> None:
     assert SECRET not in refused.output
     unreachable = invoke("check", "--base-url", "http://127.0.0.1:9/v1", "--api-key", "k")
     assert unreachable.exit_code == 2 and "could not reach the server" in unreachable.output
+
+
+@pytest.fixture
+def default_gc() -> Iterator[None]:
+    """The test process's garbage collection as it was, after a command tuned it."""
+    thresholds = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_run_and_distill_collect_cycles_rarely(tmp_path: Path, default_gc: None) -> None:
+    with FakeOpenAIServer(RoleResponder()) as server:
+        ran = invoke(*run_args(server, tmp_path, "--no-distill", "-n", "1", "-q"))
+        assert ran.exit_code == 0, ran.output
+        assert gc.get_threshold() == RUN_GC_THRESHOLDS and gc.get_freeze_count() > 0
+        gc.unfreeze()
+        gc.set_threshold(700, 10, 10)
+        (conversation,) = json_files(tmp_path / "conv")
+        distill_args = ["--base-url", server.base_url, "--api-key", SECRET, "-q"]
+        target = ["-i", str(conversation), "-o", str(tmp_path / "d")]
+        distilled = invoke("distill", *target, *distill_args)
+        assert distilled.exit_code == 0, distilled.output
+    assert gc.get_threshold() == RUN_GC_THRESHOLDS and gc.get_freeze_count() > 0
