@@ -292,6 +292,8 @@ def _chat_openai(spec: _ModelSpec, resources: RunResources) -> RunChatOpenAI:
     )
     model._levels = resources.levels
     model._resources = resources
+    # ChatOpenAI's own async client, made again from the settings it resolved, as the SDK
+    # client class that splices in the encoded messages.
     model.root_async_client = RunAsyncOpenAI(
         api_key=spec.api_key,
         organization=model.openai_organization,
