@@ -25,6 +25,7 @@ from graph_distill.llm.throttle import (
     RunThrottle,
     ThrottledAioHttpClient,
     ThrottledAsyncClient,
+    ThrottledClient,
     ThrottleStats,
 )
 
@@ -55,7 +56,7 @@ class RunResources:
         self.levels = LevelMemory()
         self._models: dict[Hashable, Any] = {}
         self._client_class = ThrottledAioHttpClient if aiohttp else ThrottledAsyncClient
-        self._client: ThrottledAsyncClient | ThrottledAioHttpClient | None = None
+        self._client: ThrottledClient | None = None
         self._lock = threading.Lock()
         # (kind, id(source)) -> (source, value): holding the source keeps its id from reuse.
         self._derived: dict[tuple[str, int], tuple[object, Any]] = {}
@@ -67,7 +68,7 @@ class RunResources:
     def stats(self) -> ThrottleStats:
         return self.throttle.stats()
 
-    def http_client(self) -> ThrottledAsyncClient | ThrottledAioHttpClient:
+    def http_client(self) -> ThrottledClient:
         """The run's one async HTTP client: every request of every model goes through the
         throttle, and connections are pooled across roles."""
         with self._lock:

@@ -6,7 +6,7 @@ One ``RunThrottle`` serves every model a run builds (it belongs to the run's
 it is not handed to ChatOpenAI's ``rate_limiter``: that is consulted once per model call, while
 the openai client retries 429s, 5xx answers and dropped connections underneath it, and each of
 those retries is a request too (it costs quota, and its failure is what a back-off must see).
-So the throttle sits in the HTTP client (``ThrottledAsyncClient``): every attempt waits for its
+So the throttle sits in the HTTP client (``ThrottledClient``): every attempt waits for its
 turn and reports whether it succeeded.
 """
 
