@@ -174,12 +174,20 @@ async def _write_user_message(
         reply = await _ask(model, prompt, _penalty(state, ctx))
         usage = add_usage(usage, usage_of(reply))
         text = clean_user_text(finished_text(reply))
-        why = role_break(text, last_reply)
+        why = role_break(text, last_reply, _last_reply_shingles(state))
         if why is None:
             return text, usage, breaks
         breaks.append({"turn": turn, "reason": why})
     fallback = state.get("pending_topic") or _next_followup(state) or "Can you go into more detail?"
     return fallback, usage, breaks
+
+
+def _last_reply_shingles(state: ConversationState) -> list[int] | None:
+    """The last reply's hashed word triples, from its round's print."""
+    prints = state.get("round_prints") or []
+    if not prints or prints[-1]["round"] != state.get("rounds"):
+        return None
+    return prints[-1]["assistant"]["shingles"]
 
 
 async def respond(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from graph_distill.conversation.stagnation import shingle_set
 
@@ -71,8 +72,11 @@ def explains_like_expert(text: str) -> bool:
     return markers >= EXPERT_MARKERS
 
 
-def role_break(text: str, last_reply: str | None) -> str | None:
-    """Why a simulated user message is out of role, or None when it is fine."""
+def role_break(
+    text: str, last_reply: str | None, reply_shingles: Collection[int] | None = None
+) -> str | None:
+    """Why a simulated user message is out of role, or None when it is fine.
+    ``reply_shingles``: the last reply's hashed word triples, when its print has them."""
     if not text:
         return "empty"
     if _AI_VOICE.search(text):
@@ -81,12 +85,12 @@ def role_break(text: str, last_reply: str | None) -> str | None:
         return "answers its own question"
     if explains_like_expert(text) or len(text) > MAX_USER_CHARS:
         return "explains like an expert"
-    if last_reply and _echoes(text, last_reply):
+    if last_reply and _echoes(text, reply_shingles or shingle_set(last_reply)):
         return "echoes the assistant"
     return None
 
 
-def _echoes(text: str, last_reply: str) -> bool:
+def _echoes(text: str, reply_shingles: Collection[int]) -> bool:
     """Whether ``text`` is mostly made of the last reply's word triples."""
     grams = shingle_set(text)
-    return bool(grams) and len(grams & shingle_set(last_reply)) / len(grams) >= ECHO_CONTAINMENT
+    return bool(grams) and len(grams.intersection(reply_shingles)) / len(grams) >= ECHO_CONTAINMENT

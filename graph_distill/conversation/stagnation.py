@@ -85,11 +85,14 @@ REASONS = {
 LOOP_SIGNALS = ("assistant_repeat", "user_repeat", "echo", "self_repeat", "praise_spiral")
 
 
-class MessagePrint(TypedDict):
-    """What detection keeps of one message (plain lists: checkpoints serialize them)."""
+class MessagePrint(TypedDict, total=False):
+    """What detection keeps of one message (plain lists: checkpoints serialize them).
+    ``opening_grams`` (the hashed triples of ``opening``, in order) may be missing from a
+    print an earlier version stored."""
 
     shingles: list[int]
     opening: list[str]
+    opening_grams: list[int]
     content: list[str]
     self_repeat: float
     praise: bool
@@ -215,6 +218,7 @@ def fingerprint(text: str) -> MessagePrint:
     return MessagePrint(
         shingles=sorted(set(hashes)),
         opening=words[:OPENING_WORDS],
+        opening_grams=hashes[: OPENING_WORDS - SHINGLE_WORDS + 1],
         content=sorted(_stems(words)),
         self_repeat=_self_repeat(sentences, hashes),
         praise=bool(_PRAISE.search(normal)),
@@ -226,10 +230,20 @@ def fingerprint(text: str) -> MessagePrint:
 def opening_overlap(new: MessagePrint, old: MessagePrint, words: int) -> float:
     """Share of the word triples in ``new``'s first ``words`` words found in ``old``'s opening
     (a little longer, so one inserted word does not hide a copied first sentence)."""
-    grams = _shingles(new["opening"][:words])
+    grams = _opening_grams(new, words)
     if len(new["opening"]) < words or not grams:
         return 0.0
-    return len(grams & _shingles(old["opening"])) / len(grams)
+    return len(grams & _opening_grams(old, OPENING_WORDS)) / len(grams)
+
+
+def _opening_grams(message: MessagePrint, words: int) -> set[int]:
+    """The hashed word triples of the message's first ``words`` words (kept in its print: a
+    message's triples start with those of its opening)."""
+    opening = message["opening"][:words]
+    kept = message.get("opening_grams")
+    if kept is None or len(opening) < SHINGLE_WORDS:
+        return _shingles(opening)
+    return set(kept[: len(opening) - SHINGLE_WORDS + 1])
 
 
 def containment(new: MessagePrint, old: MessagePrint) -> float:
@@ -259,7 +273,7 @@ def _novelty(round_print: RoundPrint, earlier: Sequence[RoundPrint]) -> float:
     words = {*round_print["user"]["content"], *round_print["assistant"]["content"]}
     if not words:
         return 0.0
-    seen = {w for r in earlier for side in ("user", "assistant") for w in r[side]["content"]}
+    seen = set().union(*(r[side]["content"] for r in earlier for side in ("user", "assistant")))
     return len(words - seen) / len(words)
 
 

@@ -1,6 +1,7 @@
 import pytest
 
 from graph_distill.conversation.roles import answers_itself, explains_like_expert, role_break
+from graph_distill.conversation.stagnation import fingerprint
 
 
 @pytest.mark.parametrize(
@@ -40,3 +41,15 @@ def test_a_user_explaining_like_an_expert() -> None:
     assert explains_like_expert(lecture)
     assert role_break(lecture, None) == "explains like an expert"
     assert not explains_like_expert("I tried the index you suggested and it still takes an hour")
+
+
+def test_an_echo_is_found_from_the_reply_text_or_its_print() -> None:
+    reply = (
+        "Index the email column, then join the two tables on it instead of looping over "
+        "every pair of rows, and the match takes seconds."
+    )
+    echo = "index the email column, then join the two tables on it instead of looping"
+    shingles = fingerprint(reply)["shingles"]
+    assert role_break(echo, reply) == role_break(echo, reply, shingles) == "echoes the assistant"
+    own = "ok I added the index, but the join still runs for an hour on the staging box"
+    assert role_break(own, reply) is role_break(own, reply, shingles) is None
