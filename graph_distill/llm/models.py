@@ -178,20 +178,26 @@ class RunChatOpenAI(ChatOpenAI):
     ) -> ChatResult:
         """ChatOpenAI's plain (non-streaming, chat completions) call, with the reply converted
         in the event loop: ChatOpenAI converts it in a worker thread, a thread hop per call
-        that a busy loop pays in CPU and, waiting for the lock, in latency. Structured output,
-        the Responses API and response headers take ChatOpenAI's own path."""
+        that a busy loop pays in CPU and, waiting for the lock, in latency. The reply is
+        converted from its JSON: the SDK's typed model of it would only be dumped back to
+        the same dict. Structured output, the Responses API and response headers take
+        ChatOpenAI's own path."""
         payload = self._get_request_payload(messages, stop=stop, **kwargs)
         own_path = "response_format" in payload or self._use_responses_api(payload)
         if own_path or self.include_response_headers or self._uses_gateway:
             return await super()._agenerate(messages, stop, run_manager, **kwargs)
         try:
-            response = await self.async_client.create(**payload)
+            raw = await self.async_client.with_raw_response.create(**payload)
         except openai.BadRequestError as error:
             _handle_openai_bad_request(error)
             raise
         except openai.APIError as error:
             _handle_openai_api_error(error)
             raise
+        try:
+            response = raw.http_response.json()
+        except ValueError:  # not JSON: the SDK's own reading, and ChatOpenAI's error for it
+            response = raw.parse()
         return self._create_chat_result(response, {})
 
 
