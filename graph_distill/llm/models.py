@@ -43,6 +43,7 @@ _PLAIN_ROLES: dict[type[BaseMessage], str] = {
 }
 # Where the messages go in a body before their JSON is spliced in (no text has it).
 _MESSAGES_MARK = "\0graph-distill: the messages\0"
+_MESSAGES_MARK_JSON = openapi_dumps(_MESSAGES_MARK)
 # ChatOpenAI sends system messages to these models as "developer" messages.
 _O_SERIES = re.compile(r"^o\d")
 
@@ -116,10 +117,9 @@ def _spliced_body(options: FinalRequestOptions) -> bytes | None:
     merged = _merge_mappings(data, extra)
     merged["messages"] = _MESSAGES_MARK
     body = openapi_dumps(merged)
-    mark = openapi_dumps(_MESSAGES_MARK)
-    if body.count(mark) != 1:
+    if body.count(_MESSAGES_MARK_JSON) != 1:
         return None
-    return body.replace(mark, b"[" + b",".join(messages.encoded) + b"]")
+    return body.replace(_MESSAGES_MARK_JSON, b"[" + b",".join(messages.encoded) + b"]")
 
 
 def _as_messages(input_: LanguageModelInput) -> list[BaseMessage] | None:

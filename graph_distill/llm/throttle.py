@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import httpx2
@@ -227,6 +227,13 @@ def failed_while_coping(error: BaseException) -> bool:
     return False
 
 
+def _raise_as(plain: Exception, error: Exception) -> NoReturn:
+    """Raise ``error`` as the client's ``plain`` form of it (itself, or one with its cause)."""
+    if plain is error:
+        raise error
+    raise plain from error.__cause__
+
+
 class _ReportedBody(httpx2.AsyncByteStream):
     """A streamed response body that reports once whether it arrived whole (and marks the
     error of one that did not: see ``is_stream_cut``)."""
@@ -250,9 +257,7 @@ class _ReportedBody(httpx2.AsyncByteStream):
             plain = self._plain_error(error)
             setattr(plain, _CUT_MARK, True)
             self._settle(False)
-            if plain is error:
-                raise
-            raise plain from error.__cause__
+            _raise_as(plain, error)
         self._settle(True)
 
     async def aclose(self) -> None:
@@ -284,9 +289,7 @@ class ThrottledClient(httpx2.AsyncClient):
             self.throttle.record(False, started_at)
             plain = self._plain_error(error)
             setattr(plain, _COPING_MARK, self.throttle.server_coping())
-            if plain is error:
-                raise
-            raise plain from error.__cause__
+            _raise_as(plain, error)
         succeeded = request_succeeded(response.status_code)
         if stream and succeeded:
             response.stream = _ReportedBody(
