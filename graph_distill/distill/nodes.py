@@ -43,7 +43,7 @@ from graph_distill.distill.state import (
     DistillState,
     Notes,
 )
-from graph_distill.llm.models import chat_model, is_transient
+from graph_distill.llm.models import chat_model, is_transient, structured_levels
 from graph_distill.llm.structured import StructuredReply, ainvoke_structured
 from graph_distill.llm.usage import Usage, empty_usage, usage_of
 
@@ -72,7 +72,10 @@ async def route_chunks(state: DistillState) -> list[Send] | Literal["plan_reduce
 
 async def distill_chunk(task: ChunkTask, runtime: Runtime[DistillContext]) -> dict[str, Any]:
     chunk = task["chunk"]
-    reply = await ainvoke_structured(_model(_context(runtime)), chunk_prompt(chunk), NOTES_SPEC)
+    ctx = _context(runtime)
+    reply = await ainvoke_structured(
+        _model(ctx), chunk_prompt(chunk), NOTES_SPEC, structured_levels(ctx)
+    )
     record = distilled_chunk(chunk, reply)
     runtime.stream_writer(
         DistillProgress(kind="chunk_done", index=chunk["index"], status=record["status"])
@@ -178,7 +181,9 @@ def _latest_level(state: DistillState) -> tuple[int, list[Notes]]:
 
 async def _merge(ctx: DistillContext, prompt: str, sources: list[Notes]) -> tuple[Notes, Usage]:
     """One model call merging ``sources``; when it fails, their plain union (nothing lost)."""
-    reply = await ainvoke_structured(_model(ctx), merge_prompt(prompt, sources), NOTES_SPEC)
+    reply = await ainvoke_structured(
+        _model(ctx), merge_prompt(prompt, sources), NOTES_SPEC, structured_levels(ctx)
+    )
     if reply.value is None:
         logger.warning("merging %d notes failed (%s); using their union", len(sources), reply.error)
         return combine_notes(sources), reply.usage

@@ -1,6 +1,6 @@
 """What one run shares across all its model calls: the HTTP client and the chat models built on
-it, the request throttle (its cap, back-off and request counts) and the structured-output level
-each server takes.
+it, the request throttle (its cap, back-off and request counts), the structured-output level
+each server takes, and which model client path it takes (fast or stock, decided once).
 
 A runner creates one ``RunResources`` per run and hands it to the graphs in
 ``config["configurable"]`` (``with_resources``); nodes find it with ``run_resources``. The
@@ -12,22 +12,22 @@ shared beyond one graph run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import httpx2
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_config
 
+from graph_distill.context import ModelContext, from_environment
+from graph_distill.llm.fast_client import INTERNALS, Internal, contract_problem, fast_http_client
 from graph_distill.llm.structured import LevelMemory
-from graph_distill.llm.throttle import (
-    RunThrottle,
-    ThrottledAioHttpClient,
-    ThrottledAsyncClient,
-    ThrottledClient,
-    ThrottleStats,
-)
+from graph_distill.llm.throttle import RunThrottle, ThrottleStats, stock_http_client
+
+logger = logging.getLogger(__name__)
 
 RESOURCES_KEY = "graph_distill_resources"
 
@@ -49,14 +49,20 @@ class RunResources:
         *,
         throttle: RunThrottle | None = None,
         aiohttp: bool = False,
+        stock: bool = False,
+        internals: Sequence[Internal] = INTERNALS,
     ) -> None:
-        """``aiohttp``: requests go through aiohttp rather than httpx (much cheaper per
-        request); for an owner that closes the resources (``aclose``) in their event loop."""
+        """``aiohttp``: on the fast path, requests go through aiohttp rather than httpx (much
+        cheaper per request); for an owner that closes the resources (``aclose``) in their
+        event loop. ``stock`` (or GRAPH_DISTILL_STOCK): the stock path only. Otherwise the
+        fast path's ``internals`` are checked now; if one is missing or changed, one line says
+        so and the run takes the stock path."""
         self.throttle = throttle or RunThrottle(requests_per_minute)
         self.levels = LevelMemory()
+        self.stock = stock or wants_stock(None) or _fallback_needed(internals)
         self._models: dict[Hashable, Any] = {}
-        self._client_class = ThrottledAioHttpClient if aiohttp else ThrottledAsyncClient
-        self._client: ThrottledClient | None = None
+        self._aiohttp = aiohttp and not self.stock
+        self._client: httpx2.AsyncClient | None = None
         self._lock = threading.Lock()
         # (kind, id(source)) -> (source, value): holding the source keeps its id from reuse.
         self._derived: dict[tuple[str, int], tuple[object, Any]] = {}
@@ -68,12 +74,13 @@ class RunResources:
     def stats(self) -> ThrottleStats:
         return self.throttle.stats()
 
-    def http_client(self) -> ThrottledClient:
+    def http_client(self) -> httpx2.AsyncClient:
         """The run's one async HTTP client: every request of every model goes through the
         throttle, and connections are pooled across roles."""
         with self._lock:
             if self._client is None:
-                self._client = self._client_class(self.throttle)
+                build = fast_http_client if self._aiohttp else stock_http_client
+                self._client = build(self.throttle)
             return self._client
 
     def model(self, key: Hashable, build: Callable[[], Model]) -> Model:
@@ -121,6 +128,21 @@ class RunResources:
         await self.aclose()
 
 
+def _fallback_needed(internals: Sequence[Internal]) -> bool:
+    problem = contract_problem(internals)
+    if problem:
+        logger.warning(problem)
+    return problem is not None
+
+
+def wants_stock(context: object | None) -> bool:
+    """Whether ``context`` asks for the stock path: its ``stock`` setting, else the
+    environment's (a graph run on a server or in Studio gets the context its client sent)."""
+    return bool(getattr(context, "stock", False)) or bool(
+        from_environment(ModelContext).get("stock")
+    )
+
+
 def with_resources(config: RunnableConfig, resources: RunResources) -> RunnableConfig:
     """``config`` with ``resources`` in its ``configurable`` (other entries kept)."""
     configurable = {**(config.get("configurable") or {}), RESOURCES_KEY: resources}
@@ -162,7 +184,7 @@ def _carried(context: object, requests_per_minute: float | None) -> RunResources
         loop = None
     held = vars(context).get(_CARRIED)
     if held is None or held[0] is not loop or held[1].requests_per_minute != requests_per_minute:
-        held = (loop, RunResources(requests_per_minute))
+        held = (loop, RunResources(requests_per_minute, stock=getattr(context, "stock", False)))
         # Not a field: the context's own data (what Studio and servers send) stays as it was.
         object.__setattr__(context, _CARRIED, held)
     return held[1]

@@ -11,11 +11,12 @@ from graph_distill.context import PipelineContext, declared, from_environment
 
 MIMO_BASE_URL = "https://api.xiaomimimo.com/v1"
 DEFAULT_MODEL = "mimo-v2-flash"
-# Each model setting's environment variable, as the context declares it.
+# Each model setting's environment variable, as the context declares it (text settings: the
+# switches, such as GRAPH_DISTILL_STOCK, choose a path, not a server or model).
 ENV_NAMES = {
     item.name: item.metadata["env"]
     for item in declared(PipelineContext)
-    if item.metadata.get("env")
+    if item.metadata.get("env") and not isinstance(item.default, bool)
 }
 # Which server and models to call: the settings the environment may set.
 MODEL_SETTINGS = tuple(ENV_NAMES)

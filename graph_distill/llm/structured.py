@@ -92,13 +92,6 @@ class LevelMemory:
             self._levels[server_key(model)] = max(known, level, key=LEVELS.index)
 
 
-def levels_of(model: ChatOpenAI) -> LevelMemory:
-    """The level memory of the run that built ``model`` (a fresh one for a model built
-    elsewhere, which then learns its server's level anew on each call)."""
-    memory = getattr(model, "structured_levels", None)
-    return memory if isinstance(memory, LevelMemory) else LevelMemory()
-
-
 # ---------------------------------------------------------------- tolerant parsing
 
 
@@ -236,16 +229,21 @@ def is_refusal(error: openai.APIStatusError) -> bool:
 
 
 async def ainvoke_structured(
-    model: ChatOpenAI, messages: Sequence[BaseMessage], spec: OutputSpec
+    model: ChatOpenAI,
+    messages: Sequence[BaseMessage],
+    spec: OutputSpec,
+    levels: LevelMemory | None = None,
 ) -> StructuredReply:
     """Ask ``model`` for a JSON object fitting ``spec``, at the best level its server takes.
 
     Transient and authentication errors propagate (the node's retry policy handles them);
     refusals move down a level; everything else ends as a failed reply keeping the raw text.
+    ``levels``: the run's memory of each server's level (see ``models.structured_levels``).
     """
     usage = empty_usage()
     refusals: list[str] = []
-    levels = levels_of(model)
+    if levels is None:  # nothing learnt is kept beyond this call
+        levels = LevelMemory()
     start = LEVELS.index(levels.working_level(model))
     for level in LEVELS[start:]:
         try:

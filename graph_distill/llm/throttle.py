@@ -6,8 +6,8 @@ One ``RunThrottle`` serves every model a run builds (it belongs to the run's
 it is not handed to ChatOpenAI's ``rate_limiter``: that is consulted once per model call, while
 the openai client retries 429s, 5xx answers and dropped connections underneath it, and each of
 those retries is a request too (it costs quota, and its failure is what a back-off must see).
-So the throttle sits in the HTTP client (``ThrottledClient``): every attempt waits for its
-turn and reports whether it succeeded.
+So the throttle sits in the HTTP client's transport (``ThrottledTransport``, httpx's public
+transport API): every attempt waits for its turn and reports whether it succeeded.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import logging
 import math
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
-import aiohttp
 import httpx2
 import openai
 from langchain_core.rate_limiters import BaseRateLimiter
@@ -234,35 +234,49 @@ def _raise_as(plain: Exception, error: Exception) -> NoReturn:
     raise plain from error.__cause__
 
 
+def _same(error: Exception) -> Exception:
+    return error
+
+
 class _ReportedBody(httpx2.AsyncByteStream):
-    """A streamed response body that reports once whether it arrived whole (and marks the
-    error of one that did not: see ``is_stream_cut``)."""
+    """A response body that reports once whether it arrived whole, and marks the error of one
+    that did not (a streamed reply's as cut: see ``is_stream_cut``)."""
 
     def __init__(
         self,
-        body: httpx2.AsyncByteStream,
+        response: httpx2.Response,
         report: Callable[[bool], None],
         plain_error: Callable[[Exception], Exception],
+        coping: Callable[[], bool],
     ) -> None:
-        self._body = body
+        self._response = response
         self._report = report
         self._plain_error = plain_error
+        self._coping = coping
+        self._streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+        self._parts: AsyncIterator[bytes] | None = None
         self.reported = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # Read again from where it stopped: the SDK drains a stream after its last event.
+        if self._parts is None:
+            self._parts = self._response.aiter_raw()
         try:
-            async for part in self._body:
+            async for part in self._parts:
                 yield part
         except Exception as error:
             plain = self._plain_error(error)
-            setattr(plain, _CUT_MARK, True)
             self._settle(False)
+            if self._streamed:
+                setattr(plain, _CUT_MARK, True)
+            else:  # read inside the client's send: the SDK retries it like a failed connection
+                setattr(plain, _COPING_MARK, self._coping())
             _raise_as(plain, error)
         self._settle(True)
 
     async def aclose(self) -> None:
         self._settle(True)  # closed before the end by the reader: not the server's failure
-        await self._body.aclose()
+        await self._response.aclose()
 
     def _settle(self, arrived: bool) -> None:
         if not self.reported:
@@ -270,66 +284,88 @@ class _ReportedBody(httpx2.AsyncByteStream):
             self._report(arrived)
 
 
-class ThrottledClient(httpx2.AsyncClient):
-    """An HTTP client with every request paced by ``throttle`` and its outcome (status,
-    dropped connection, cut stream) reported to it."""
+class ThrottledTransport(httpx2.AsyncBaseTransport):
+    """A transport with every request paced by ``throttle`` and its outcome (status, failed
+    connection, body cut short) reported to it. ``plain_error`` maps what ``transport``
+    raises to the httpx error it is."""
 
-    def __init__(self, throttle: RunThrottle, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        throttle: RunThrottle,
+        transport: httpx2.AsyncBaseTransport,
+        plain_error: Callable[[Exception], Exception] = _same,
+    ) -> None:
         self.throttle = throttle
+        self._transport = transport
+        self._plain_error = plain_error
 
-    async def send(
-        self, request: httpx2.Request, *, stream: bool = False, **kwargs: Any
-    ) -> httpx2.Response:
-        await self.throttle.aacquire()
-        started_at = self.throttle.now()
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        throttle = self.throttle
+        await throttle.aacquire()
+        started_at = throttle.now()
         try:
-            response = await super().send(request, stream=stream, **kwargs)
+            response = await self._transport.handle_async_request(request)
         except Exception as error:
-            self.throttle.record(False, started_at)
+            throttle.record(False, started_at)
             plain = self._plain_error(error)
-            setattr(plain, _COPING_MARK, self.throttle.server_coping())
+            setattr(plain, _COPING_MARK, throttle.server_coping())
             _raise_as(plain, error)
-        succeeded = request_succeeded(response.status_code)
-        if stream and succeeded:
-            response.stream = _ReportedBody(
-                response.stream,
-                lambda arrived: self.throttle.record(arrived, started_at),
-                self._plain_error,
-            )
+        if not request_succeeded(response.status_code):
+            throttle.record(False, started_at)
+            setattr(response, _COPING_MARK, throttle.server_coping())
+            return response
+        body = _ReportedBody(
+            response,
+            lambda arrived: throttle.record(arrived, started_at),
+            self._plain_error,
+            throttle.server_coping,
+        )
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=body,
+            extensions=response.extensions,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+Transports = Callable[[str | None], httpx2.AsyncBaseTransport]
+
+
+def proxy_mounts(transport_for: Transports) -> dict[str, httpx2.AsyncBaseTransport | None]:
+    """The environment's proxies (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) as a client's
+    ``mounts``, each through ``transport_for(proxy URL)``: httpx reads them only for a client
+    without a transport of its own."""
+    proxies = urllib.request.getproxies_environment()
+    mounts: dict[str, httpx2.AsyncBaseTransport | None] = {
+        f"{scheme}://": transport_for(url)
+        for scheme, url in proxies.items()
+        if scheme in ("http", "https", "all") and url
+    }
+    for host in (h.strip() for h in proxies.get("no", "").split(",")):
+        if not mounts or not host:
+            continue
+        if host == "*":
+            return {}
+        if "://" in host:
+            mounts[host] = None
         else:
-            self.throttle.record(succeeded, started_at)
-            if not succeeded:
-                setattr(response, _COPING_MARK, self.throttle.server_coping())
-        return response
-
-    @staticmethod
-    def _plain_error(error: Exception) -> Exception:
-        return error
+            plain = host == "localhost" or host.replace(".", "").isdigit() or ":" in host
+            mounts[f"all://{host}" if plain else f"all://*{host.lstrip('*')}"] = None
+    return mounts
 
 
-class ThrottledAsyncClient(ThrottledClient, openai.DefaultAsyncHttpxClient):
-    """The openai SDK's default async HTTP client (httpx), throttled."""
+def stock_http_client(throttle: RunThrottle) -> httpx2.AsyncClient:
+    """The openai SDK's default async HTTP client (httpx, the SDK's limits, env proxies),
+    throttled: public APIs only."""
 
+    def transport_for(proxy: str | None) -> httpx2.AsyncBaseTransport:
+        inner = httpx2.AsyncHTTPTransport(proxy=proxy, limits=openai.DEFAULT_CONNECTION_LIMITS)
+        return ThrottledTransport(throttle, inner)
 
-class ThrottledAioHttpClient(ThrottledClient, openai.DefaultAioHttpClient):
-    """The openai SDK's aiohttp-based async HTTP client, throttled: much less of this process's
-    time per request than httpx's pool, which checks every pooled connection on each request.
-    Its session must be closed in the event loop that used it (a runner closes its run's)."""
-
-    @staticmethod
-    def _plain_error(error: Exception) -> Exception:
-        """The httpx error a failure is: the SDK's aiohttp transport reports any failed
-        connection (refused, dropped, reset) as a connect timeout, which it is not."""
-        cause = error.__cause__
-        if not isinstance(error, httpx2.TimeoutException) or not isinstance(
-            cause, aiohttp.ClientConnectionError
-        ):
-            return error
-        if isinstance(cause, aiohttp.ServerTimeoutError):
-            return error
-        if isinstance(cause, aiohttp.ClientConnectorError):
-            return httpx2.ConnectError(str(cause))
-        if isinstance(cause, aiohttp.ServerDisconnectedError):
-            return httpx2.RemoteProtocolError(str(cause) or "the server closed the connection")
-        return httpx2.ReadError(str(cause))
+    return openai.DefaultAsyncHttpxClient(
+        transport=transport_for(None), mounts=proxy_mounts(transport_for)
+    )

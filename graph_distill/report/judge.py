@@ -13,7 +13,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from graph_distill.context import DistillContext
 from graph_distill.distill.notes import model_cited
-from graph_distill.llm.models import chat_model
+from graph_distill.llm.models import chat_model, structured_levels
 from graph_distill.llm.prompting import render_prompt
 from graph_distill.llm.structured import OutputSpec, ainvoke_structured
 from graph_distill.llm.tokens import count_tokens
@@ -115,11 +115,12 @@ async def run_judge(
 ) -> dict[str, Any]:
     """Every task judged (``concurrency`` calls at once); the figures of the report's judge."""
     model = chat_model(ctx, "distill", temperature=0.0, max_tokens=JUDGE_MAX_OUTPUT_TOKENS)
+    levels = structured_levels(ctx)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(task: JudgeTask) -> tuple[JudgeTask, list[bool] | None, Usage]:
         async with gate:
-            reply = await ainvoke_structured(model, task.prompt(), VERDICTS_SPEC)
+            reply = await ainvoke_structured(model, task.prompt(), VERDICTS_SPEC, levels)
         return task, _verdicts(reply.value, len(task.items)), reply.usage
 
     results = await asyncio.gather(*(one(task) for task in tasks))

@@ -414,7 +414,8 @@ async def distill_inputs(
         except ReaderUnavailable as error:
             raise FatalRunError(str(error)) from None
     summary = DistillSummary(
-        ledger=CostLedger(prices), resources=RunResources(ctx.requests_per_minute, aiohttp=True)
+        ledger=CostLedger(prices),
+        resources=RunResources(ctx.requests_per_minute, aiohttp=True, stock=ctx.stock),
     )
     produce = produce or local_producer(ctx, concurrency)
     job = _Job(target, distill_settings(ctx, model), produce, force, reporter, summary)

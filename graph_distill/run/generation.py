@@ -169,7 +169,7 @@ class _DurableRun:
         self.summary = RunSummary(
             run_id=run_id,
             ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens),
-            resources=RunResources(ctx.requests_per_minute, aiohttp=True),
+            resources=RunResources(ctx.requests_per_minute, aiohttp=True, stock=ctx.stock),
         )
         builder = pipeline_builder if plan.distill else conversation_builder
         self.graph = builder.compile(

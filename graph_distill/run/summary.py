@@ -82,7 +82,9 @@ class RunSummary:
         if not (self.ledger.total().usage["calls"] or self.failures or self.not_started):
             return
         path = Path(directory) / RUN_REPORT_NAME
-        report = run_report(self, context, throttle=self.resources.stats(), settings=settings)
+        # The path that ran: the stock one also when the fast path's check failed.
+        ran = {**settings, "stock": self.resources.stock}
+        report = run_report(self, context, throttle=self.resources.stats(), settings=ran)
         write_json_atomic(path, report)
         self.report_path = path
 

@@ -15,14 +15,14 @@ from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import _convert_message_to_dict
 
 from graph_distill.context import ConversationContext
-from graph_distill.llm import models
-from graph_distill.llm.models import (
+from graph_distill.llm import fast_client, models
+from graph_distill.llm.fast_client import (
     EncodedMessages,
+    FastChatOpenAI,
     RunAsyncOpenAI,
-    RunChatOpenAI,
-    chat_model,
     plain_dicts,
 )
+from graph_distill.llm.models import chat_model
 from graph_distill.llm.resources import RunResources
 from graph_distill.llm.settings import ENV_NAMES
 from graph_distill.llm.structured import OutputSpec, ainvoke_structured
@@ -59,6 +59,7 @@ RESPONSE_FORMAT = {
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for env_name in ENV_NAMES.values():
         monkeypatch.delenv(env_name, raising=False)
+    monkeypatch.delenv("GRAPH_DISTILL_STOCK", raising=False)  # both paths are built here
     monkeypatch.chdir(tmp_path)
 
 
@@ -70,7 +71,7 @@ def fake() -> Iterator[FakeOpenAIServer]:
 
 def stock_twin(model: ChatOpenAI) -> ChatOpenAI:
     """A plain ``ChatOpenAI`` with the settings of ``model``."""
-    assert isinstance(model, RunChatOpenAI)
+    assert isinstance(model, FastChatOpenAI)
     return ChatOpenAI(
         base_url=model.openai_api_base,
         api_key=model.openai_api_key,
@@ -169,10 +170,29 @@ async def test_a_body_that_holds_the_splice_mark_is_left_to_the_sdk(
     """A stop sequence made of the mark the messages' place is held by: the body is still the
     stock one (the SDK builds it)."""
     ctx = ConversationContext(base_url=fake.base_url, api_key="k", model="m", max_retries=0)
-    mark = models._MESSAGES_MARK
+    mark = fast_client.MESSAGES_MARK
     async with RunResources() as resources:
         ours = chat_model(ctx, "assistant", temperature=0.5, max_tokens=64, resources=resources)
         await ours.ainvoke(PLAIN, stop=[mark])
         await stock_twin(ours).ainvoke(PLAIN, stop=[mark])
+    first, second = fake.records[-2:]
+    assert first.raw == second.raw
+
+
+@pytest.mark.parametrize("call", [invoke, stream, structured])
+async def test_the_stock_path_sends_the_same_bytes(fake: FakeOpenAIServer, call: Call) -> None:
+    """``stock`` builds a plain ``ChatOpenAI`` on the stock HTTP client; its requests are the
+    fast path's, byte for byte."""
+    fast_ctx = ConversationContext(base_url=fake.base_url, api_key="k", model="m", max_retries=0)
+    stock_ctx = ConversationContext(
+        base_url=fake.base_url, api_key="k", model="m", max_retries=0, stock=True
+    )
+    async with RunResources(aiohttp=True) as fast, RunResources(aiohttp=True, stock=True) as stock:
+        ours = chat_model(fast_ctx, "assistant", temperature=0.5, max_tokens=64, resources=fast)
+        plain = chat_model(stock_ctx, "assistant", temperature=0.5, max_tokens=64, resources=stock)
+        assert isinstance(ours, FastChatOpenAI)
+        assert type(plain) is ChatOpenAI
+        await call(ours, PLAIN)
+        await call(plain, PLAIN)
     first, second = fake.records[-2:]
     assert first.raw == second.raw

@@ -21,12 +21,12 @@ from graph_distill.llm.prompting import load_prompt
 from graph_distill.llm.resources import RunResources
 from graph_distill.llm.structured import (
     Level,
+    LevelMemory,
     OutputSpec,
     ainvoke_structured,
     bounded_schema,
     coerce_to_schema,
     extract_json,
-    levels_of,
     parse_structured,
 )
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates
@@ -70,8 +70,23 @@ def model_for(
     return chat_model(ctx, "distill", temperature=0.0, max_tokens=300, resources=resources)
 
 
+# Each model's run memory of levels, as a run's resources hold it (structured_levels).
+_LEVELS: dict[int, tuple[ChatOpenAI, LevelMemory]] = {}
+
+
+def levels_for(model: ChatOpenAI) -> LevelMemory:
+    held = _LEVELS.get(id(model))
+    if held is None or held[0] is not model:
+        held = _LEVELS[id(model)] = (model, LevelMemory())
+    return held[1]
+
+
+def ask(model: ChatOpenAI) -> Any:
+    return ainvoke_structured(model, MESSAGES, SPEC, levels_for(model))
+
+
 def working_level(model: ChatOpenAI) -> Level:
-    return levels_of(model).working_level(model)
+    return levels_for(model).working_level(model)
 
 
 def formats(bodies: list[dict[str, Any]]) -> list[str | None]:
@@ -198,7 +213,7 @@ def test_parse_structured_takes_the_first_object_with_known_fields() -> None:
 
 async def test_json_schema_is_used_when_the_server_takes_it() -> None:
     with FakeOpenAIServer() as server:
-        reply = await ainvoke_structured(model_for(server.base_url), MESSAGES, SPEC)
+        reply = await ask(model_for(server.base_url))
         (body,) = server.requests
         stats = server.stats
     assert reply.level is Level.JSON_SCHEMA
@@ -218,8 +233,8 @@ async def test_json_schema_is_used_when_the_server_takes_it() -> None:
 async def test_refused_json_schema_falls_back_to_json_mode_and_is_remembered() -> None:
     with FakeOpenAIServer(refuse_json_schema=True) as server:
         model = model_for(server.base_url)
-        first = await ainvoke_structured(model, MESSAGES, SPEC)
-        second = await ainvoke_structured(model, MESSAGES, SPEC)
+        first = await ask(model)
+        second = await ask(model)
         assert formats(server.requests) == ["json_schema", "json_object", "json_object"]
     assert first.level is second.level is Level.JSON_OBJECT_SCHEMA
     sent = server.requests[1]["response_format"]["schema"]
@@ -234,7 +249,7 @@ async def test_refused_json_schema_falls_back_to_json_mode_and_is_remembered() -
 async def test_broken_json_gets_one_repair_call_at_the_same_level() -> None:
     with FakeOpenAIServer() as server:
         server.enqueue_fault("broken_json")
-        reply = await ainvoke_structured(model_for(server.base_url), MESSAGES, SPEC)
+        reply = await ask(model_for(server.base_url))
         broken, repair = server.requests
         stats = server.stats
     assert reply.value is not None
@@ -249,7 +264,7 @@ async def test_broken_json_gets_one_repair_call_at_the_same_level() -> None:
 async def test_an_empty_reply_repeats_the_request() -> None:
     with FakeOpenAIServer() as server:
         server.enqueue_fault("empty")
-        reply = await ainvoke_structured(model_for(server.base_url), MESSAGES, SPEC)
+        reply = await ask(model_for(server.base_url))
         first, second = server.requests
     assert reply.value is not None
     assert first["messages"] == second["messages"]
@@ -257,7 +272,7 @@ async def test_an_empty_reply_repeats_the_request() -> None:
 
 async def test_unusable_replies_end_as_a_failed_reply_with_the_raw_text() -> None:
     with FakeOpenAIServer(responder=lambda body: "I'd rather chat.") as server:
-        reply = await ainvoke_structured(model_for(server.base_url), MESSAGES, SPEC)
+        reply = await ask(model_for(server.base_url))
         assert server.calls == 2
     assert reply.value is None
     assert reply.text == "I'd rather chat."
@@ -272,8 +287,8 @@ async def test_plain_prompt_with_tolerant_parse_when_no_response_format_is_taken
     with FakeOpenAIServer(responder=lambda body: answer) as server:
         with RefusingProxy(server, lambda body: "response_format" in body) as proxy:
             model = model_for(proxy.base_url)
-            reply = await ainvoke_structured(model, MESSAGES, SPEC)
-            again = await ainvoke_structured(model, MESSAGES, SPEC)
+            reply = await ask(model)
+            again = await ask(model)
         assert formats(proxy.bodies) == ["json_schema", "json_object", "json_object", None, None]
         assert server.calls == 2
     assert reply.level is again.level is Level.PROMPT
@@ -283,7 +298,7 @@ async def test_plain_prompt_with_tolerant_parse_when_no_response_format_is_taken
 
 async def test_a_server_refusing_everything_gives_a_failed_reply() -> None:
     with FakeOpenAIServer() as server, RefusingProxy(server, lambda body: True) as proxy:
-        reply = await ainvoke_structured(model_for(proxy.base_url), MESSAGES, SPEC)
+        reply = await ask(model_for(proxy.base_url))
         assert server.calls == 0
     assert reply.value is None
     assert reply.level is None
@@ -305,7 +320,7 @@ async def test_transient_and_auth_errors_propagate(fault: str, error: type[Excep
         server.enqueue_fault(fault, retry_after=0)
         model = model_for(server.base_url)
         with pytest.raises(error):
-            await ainvoke_structured(model, MESSAGES, SPEC)
+            await ask(model)
     assert working_level(model) is Level.JSON_SCHEMA
 
 
@@ -314,7 +329,7 @@ async def test_a_transient_failure_is_retried_at_the_same_level(fault: str) -> N
     with FakeOpenAIServer() as server:
         server.enqueue_fault(fault)
         model = model_for(server.base_url, RunResources(), max_retries=3)
-        reply = await ainvoke_structured(model, MESSAGES, SPEC)
+        reply = await ask(model)
         requests = server.records
     assert [record.fault for record in requests] == [fault, None]
     assert formats([record.body for record in requests]) == ["json_schema", "json_schema"]
@@ -326,7 +341,7 @@ async def test_a_failing_server_gets_at_most_four_requests_and_keeps_its_level()
     with FakeOpenAIServer(faults=FaultRates(rate_429=1.0, retry_after=0.05)) as server:
         model = model_for(server.base_url, RunResources(), max_retries=3)
         with pytest.raises(openai.RateLimitError):
-            await ainvoke_structured(model, MESSAGES, SPEC)
+            await ask(model)
         requests = server.records
     assert len(requests) == 4
     assert formats([record.body for record in requests]) == ["json_schema"] * 4
@@ -339,7 +354,7 @@ async def test_the_models_own_extra_body_is_kept_next_to_the_response_format() -
     with FakeOpenAIServer() as server:
         thinking = {"thinking": {"type": "disabled"}}  # what chat_model adds for MiMo
         model = model_for(server.base_url).model_copy(update={"extra_body": thinking})
-        reply = await ainvoke_structured(model, MESSAGES, SPEC)
+        reply = await ask(model)
         (body,) = server.requests
     assert reply.value is not None
     assert body["thinking"] == {"type": "disabled"}
@@ -353,7 +368,7 @@ async def test_json_mode_without_schema_when_the_schema_extension_is_refused() -
 
     with FakeOpenAIServer() as server, RefusingProxy(server, refused) as proxy:
         model = model_for(proxy.base_url)
-        reply = await ainvoke_structured(model, MESSAGES, SPEC)
+        reply = await ask(model)
         assert formats(proxy.bodies) == ["json_schema", "json_object", "json_object"]
         assert "schema" not in proxy.bodies[-1]["response_format"]
     assert reply.level is Level.JSON_MODE and reply.value is not None

@@ -19,10 +19,10 @@ from graph_distill.llm.resources import RunResources, run_resources, with_resour
 from graph_distill.llm.throttle import (
     BackoffPolicy,
     RunThrottle,
-    ThrottledAioHttpClient,
-    ThrottledAsyncClient,
+    ThrottledTransport,
     is_stream_cut,
     request_succeeded,
+    stock_http_client,
 )
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates
 
@@ -246,8 +246,10 @@ def context_for(server: FakeOpenAIServer, **fields: object) -> PipelineContext:
 
 def throttle_of(model: object) -> RunThrottle:
     client = model.http_async_client  # type: ignore[attr-defined]
-    assert isinstance(client, ThrottledAsyncClient)
-    return client.throttle
+    assert isinstance(client, openai.DefaultAsyncHttpxClient)
+    transport = client._transport  # the test reads it; the product never does
+    assert isinstance(transport, ThrottledTransport)
+    return transport.throttle
 
 
 async def test_every_model_of_a_run_shares_its_throttle(fake: FakeOpenAIServer) -> None:
@@ -375,7 +377,7 @@ async def test_a_failing_server_gets_a_pause_not_a_flood() -> None:
             base_url=server.base_url,
             api_key="sk-test",
             max_retries=0,
-            http_client=ThrottledAsyncClient(throttle),
+            http_client=stock_http_client(throttle),
         )
         for i in range(FAILURES_TO_PAUSE + 1):
             with pytest.raises(openai.InternalServerError):
@@ -410,8 +412,9 @@ async def test_a_refused_or_dropped_connection_is_not_taken_for_a_timeout(
 
 
 async def test_a_run_on_aiohttp_counts_a_cut_stream_and_closes_its_session(
-    fake: FakeOpenAIServer,
+    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("GRAPH_DISTILL_STOCK", raising=False)  # aiohttp is the fast path's
     ctx = context_for(fake, max_retries=0)
     async with RunResources(aiohttp=True) as resources:
         model = chat_model(ctx, "assistant", temperature=0.7, max_tokens=200, resources=resources)
@@ -423,6 +426,6 @@ async def test_a_run_on_aiohttp_counts_a_cut_stream_and_closes_its_session(
         chunks = [chunk async for chunk in model.astream([HumanMessage("another one")])]
         assert chunks
         client = resources.http_client()
-        assert isinstance(client, ThrottledAioHttpClient)
+        assert isinstance(client, openai.DefaultAioHttpClient)
         assert (resources.stats().requests, resources.stats().failed) == (2, 1)
     assert client.is_closed
