@@ -4,18 +4,24 @@ one plain line (the check's input is what changes here: the libraries run as ins
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
 from graph_distill.context import ModelContext, SettingError
+from graph_distill.files.writing import RUN_REPORT_NAME
 from graph_distill.llm.fast_client import INTERNALS, FastChatOpenAI, Internal, contract_problem
 from graph_distill.llm.models import chat_model
 from graph_distill.llm.resources import RunResources, run_resources
+from tests.integration.test_cli import invoke, run_args
 from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.files import json_files
+from tests.support.roles import RoleResponder
 
 
 @pytest.fixture
@@ -79,3 +85,24 @@ def test_the_environment_switch_chooses_stock(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("GRAPH_DISTILL_STOCK", "maybe")
     with pytest.raises(SettingError, match="GRAPH_DISTILL_STOCK must be 1 or 0"):
         run_resources({}, context=ModelContext())
+
+
+def _conversations(directory: Path) -> list[list[dict[str, str]]]:
+    return [json.loads(path.read_text())["conversation"] for path in json_files(directory)]
+
+
+def test_both_paths_give_the_same_conversations_and_report_their_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GRAPH_DISTILL_STOCK", raising=False)
+    runs = {}
+    for path, extra in (("fast", ()), ("stock", ("--stock",))):
+        with FakeOpenAIServer(RoleResponder()) as server:
+            options = ("-n", "2", "--seed", "3", "--no-distill", "-q", *extra)
+            result = invoke(*run_args(server, tmp_path / path, *options))
+            bodies = [record.raw for record in server.records]
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / path / "conv" / RUN_REPORT_NAME).read_text())
+        assert report["settings"]["stock"] is (path == "stock")
+        runs[path] = (_conversations(tmp_path / path / "conv"), sorted(bodies))
+    assert runs["fast"][0] and runs["fast"] == runs["stock"]

@@ -80,3 +80,35 @@ def test_the_check_catches_an_upward_import(tmp_path: Path, monkeypatch) -> None
     (fake / "llm" / "bad.py").write_text("from graph_distill.run.runner import x\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert _violations() == ["llm/bad.py imports graph_distill.run.runner"]
+
+
+# The model client's private third-party APIs live in its adapter alone.
+MODEL_CLIENT_LIBRARIES = ("openai", "langchain_openai", "langchain_core", "httpx", "httpx2")
+MODEL_ADAPTER = Path("llm/fast_client.py")
+
+
+def _private_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] in MODEL_CLIENT_LIBRARIES and any(p.startswith("_") for p in parts):
+                found.append(name)
+    return found
+
+
+def test_private_model_client_apis_are_imported_by_the_adapter_alone() -> None:
+    outside = [
+        f"{path.relative_to(PACKAGE)} imports {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE) != MODEL_ADAPTER
+        for name in _private_imports(path)
+    ]
+    assert outside == []
+    assert _private_imports(PACKAGE / MODEL_ADAPTER)  # the check sees what it looks for
