@@ -160,7 +160,12 @@ class RunManifest:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
             (PREVIOUS_ITEMS_TABLE,),
         )
-        if previous and await self._read(f"SELECT 1 FROM {PREVIOUS_ITEMS_TABLE} LIMIT 1", ()):
+        if previous and await self._read(
+            f"SELECT 1 FROM {PREVIOUS_ITEMS_TABLE} WHERE thread_id IN (SELECT conversation_id "
+            "FROM graph_distill_run_items WHERE run_id = ? UNION SELECT 'distill-' || "
+            "conversation_id FROM graph_distill_run_items WHERE run_id = ?) LIMIT 1",
+            (run_id, run_id),
+        ):
             raise ResumeError(
                 f"run {run_id} was checkpointed by graph-distill 0.1.0's own saver, which this "
                 "release cannot read: finish it with 0.1.0, or start a new run (without --resume)"

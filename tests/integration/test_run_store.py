@@ -130,8 +130,16 @@ async def test_a_run_of_the_previous_release_is_refused_in_one_line(tmp_path: Pa
             f"CREATE TABLE {PREVIOUS_ITEMS_TABLE} (thread_id TEXT, digest BLOB, type TEXT, "
             "item BLOB)"
         )
+        # Items of another run's thread do not stand in the way; those of this run's do.
         await manifest.connection.execute(
-            f"INSERT INTO {PREVIOUS_ITEMS_TABLE} VALUES ('t', x'00', 'msgpack', x'00')"
+            f"INSERT INTO {PREVIOUS_ITEMS_TABLE} VALUES ('other', x'00', 'msgpack', x'00')"
+        )
+        await manifest.connection.commit()
+        assert (await manifest.get(run.run_id)).run_id == run.run_id
+        [item] = await manifest.items(run.run_id)
+        await manifest.connection.execute(
+            f"INSERT INTO {PREVIOUS_ITEMS_TABLE} VALUES (?, x'00', 'msgpack', x'00')",
+            (item.distill_thread,),
         )
         await manifest.connection.commit()
         with pytest.raises(ResumeError) as raised:
