@@ -20,9 +20,9 @@ from graph_distill.files.writing import ensure_writable_dir
 from graph_distill.llm.local_model import LocalModelError
 from graph_distill.llm.settings import ConfigError, ModelSettings
 from graph_distill.run.ledger import Prices, default_prices, prices_with
+from graph_distill.run.manifest import ResumeError
 from graph_distill.run.remote import ServerError
 from graph_distill.run.settings import RunSettings
-from graph_distill.run.store import ResumeError
 from graph_distill.run.summary import FatalRunError, RunSummary
 
 from .terminal import cost_table

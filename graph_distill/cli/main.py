@@ -35,6 +35,7 @@ from graph_distill.llm.settings import MODEL_SETTINGS
 from graph_distill.run.distilling import DistillTarget, distill_inputs
 from graph_distill.run.generation import RunPlan, run_conversations, scenario_settings
 from graph_distill.run.lock import check_run_free
+from graph_distill.run.manifest import ResumeError, latest_unfinished_run
 from graph_distill.run.progress import RecordReporter
 from graph_distill.run.remote import (
     Server,
@@ -51,7 +52,6 @@ from graph_distill.run.settings import (
     differences,
     resume_settings,
 )
-from graph_distill.run.store import ResumeError, latest_unfinished_run
 from graph_distill.run.summary import RunSummary
 
 from .common import (

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from functools import reduce
 from typing import Annotated, Any
 
 from langchain_core.messages import AnyMessage
-from langgraph.graph.message import add_messages
+from langgraph.channels.delta import DeltaChannel
+from langgraph.graph.message import Messages, add_messages
 from typing_extensions import TypedDict
 
 from graph_distill.conversation.stagnation import RoundPrint, keep_recent
 from graph_distill.llm.usage import Usage, add_usage
+
+
+def _add_all(messages: list[AnyMessage], updates: Sequence[Messages]) -> list[AnyMessage]:
+    return reduce(add_messages, updates, messages)
+
+
+# A checkpoint holds only the messages its step added (and a full copy every 100 updates),
+# not the whole list: a step costs the same at round 100 as at round 1 on any checkpointer.
+fold_messages = DeltaChannel(_add_all)
 
 
 class ConversationInput(TypedDict, total=False):
@@ -29,7 +41,7 @@ class ConversationOutput(TypedDict):
 
 
 class ConversationState(ConversationInput, ConversationOutput, total=False):
-    conversation_messages: Annotated[list[AnyMessage], add_messages]
+    conversation_messages: Annotated[list[AnyMessage], fold_messages]
     rounds: int
     followups_used: int
     pending_topic: str | None

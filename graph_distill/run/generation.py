@@ -22,6 +22,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.graph import conversation_builder, recursion_limit
@@ -37,18 +38,19 @@ from graph_distill.files.writing import (
 from graph_distill.llm.models import model_name
 from graph_distill.llm.resources import RunResources, with_resources
 from graph_distill.pipeline import pipeline_builder
+from graph_distill.run.checkpoints import open_checkpointer
 from graph_distill.run.distilling import distill_source, save_distilled
 from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, CostLedger, Prices
 from graph_distill.run.lock import hold_run
-from graph_distill.run.progress import Reporter
-from graph_distill.run.store import (
+from graph_distill.run.manifest import (
     ItemStatus,
-    RunCheckpointSaver,
     RunItem,
     RunManifest,
+    db_path,
     new_run_id,
-    open_store,
+    open_manifest,
 )
+from graph_distill.run.progress import Reporter
 from graph_distill.run.summary import (
     RESUME_HINT,
     RunSummary,
@@ -101,14 +103,15 @@ def scenario_settings(scenarios: Sequence[Scenario]) -> dict[str, Any]:
 @asynccontextmanager
 async def open_run(
     plan: RunPlan,
-) -> AsyncIterator[tuple[str, RunCheckpointSaver, RunManifest]]:
+) -> AsyncIterator[tuple[str, BaseCheckpointSaver, RunManifest]]:
     """The run of ``plan`` held by this process and recorded in the conversation directory:
     a new one, or ``plan.run_id`` (ResumeError when the directory has no such run)."""
     # A new run is held before it is recorded: a concurrent --resume never sees it unheld.
     run_id = plan.run_id or new_run_id()
     async with (
         hold_run(plan.conversation_dir, run_id),
-        open_store(plan.conversation_dir) as (saver, manifest),
+        open_manifest(plan.conversation_dir) as manifest,
+        open_checkpointer(db_path(plan.conversation_dir), stock=False) as saver,
     ):
         if plan.run_id is None:
             await manifest.create(plan.resume_settings, plan.count, run_id)
@@ -158,7 +161,7 @@ class _DurableRun:
         reporter: Reporter,
         manifest: RunManifest,
         run_id: str,
-        saver: RunCheckpointSaver,
+        saver: BaseCheckpointSaver,
     ) -> None:
         self.plan = plan
         self.ctx = ctx

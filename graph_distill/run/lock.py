@@ -9,7 +9,7 @@ try:
     import fcntl
 except ImportError:  # Windows: runs are not locked there.
     fcntl = None  # type: ignore[assignment]
-from graph_distill.run.store import ResumeError
+from graph_distill.run.manifest import ResumeError
 
 
 class RunLockedError(ResumeError):

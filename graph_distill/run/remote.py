@@ -58,8 +58,8 @@ from graph_distill.run.ledger import (
     default_prices,
     prices_with,
 )
+from graph_distill.run.manifest import ItemStatus, RunItem, RunManifest
 from graph_distill.run.progress import RecordReporter, Reporter
-from graph_distill.run.store import ItemStatus, RunItem, RunManifest
 from graph_distill.run.summary import (
     RESUME_HINT,
     RunSummary,

@@ -21,8 +21,8 @@ from graph_distill.cli.main import main
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.scenarios import builtin_scenarios
 from graph_distill.run.generation import RunPlan, conversation_seed, run_conversations
+from graph_distill.run.manifest import DB_NAME, ItemStatus, RunManifest, latest_unfinished_run
 from graph_distill.run.progress import Reporter
-from graph_distill.run.store import DB_NAME, ItemStatus, RunManifest, latest_unfinished_run
 from tests.support.fake_openai import FakeOpenAIServer, message_text
 from tests.support.files import json_files
 from tests.support.roles import RoleResponder, role_of

@@ -16,7 +16,7 @@ import pytest
 
 from graph_distill.run import lock as durability
 from graph_distill.run.lock import RunLockedError, check_run_free, hold_run, lock_path
-from graph_distill.run.store import ResumeError, new_run_id, open_store
+from graph_distill.run.manifest import ResumeError, new_run_id, open_manifest
 
 RUN = "20250101-000000-abcdef"
 HOLDER_TIMEOUT = 60.0
@@ -150,7 +150,7 @@ def test_without_fcntl_runs_are_not_locked(tmp_path: Path, monkeypatch: pytest.M
 async def test_async_hold_with_the_store(tmp_path: Path) -> None:
     """As runner.run_conversations holds a new run: from before its creation."""
     run_id = new_run_id()
-    async with hold_run(tmp_path, run_id), open_store(tmp_path) as (_, manifest):
+    async with hold_run(tmp_path, run_id), open_manifest(tmp_path) as manifest:
         with pytest.raises(RunLockedError):
             check_run_free(tmp_path, run_id)
         created = await manifest.create({"count": 1}, 1, run_id=run_id)

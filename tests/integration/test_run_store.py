@@ -1,5 +1,7 @@
-"""The run's checkpointer: every step checkpointed, each message and round print stored once,
-and what is read back is exactly the state (against LangGraph's own in-memory saver)."""
+"""The run's checkpointer, on both paths: every step checkpointed, what is read back is exactly
+the state (against LangGraph's own in-memory saver), a checkpoint holds only its step's new
+messages, history is kept; a saver without what ours needs falls back to stock in one line; a
+run checkpointed by the previous release's saver is refused in one line."""
 
 from __future__ import annotations
 
@@ -7,14 +9,21 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.checkpoint.base import empty_checkpoint
+import pytest
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.graph import conversation_builder
-from graph_distill.run.store import DB_NAME, STORED_ONCE, open_store
+from graph_distill.run import checkpoints
+from graph_distill.run.checkpoints import missing_internals, open_checkpointer
+from graph_distill.run.manifest import (
+    PREVIOUS_ITEMS_TABLE,
+    ResumeError,
+    db_path,
+    open_manifest,
+)
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.roles import RoleResponder
 
@@ -49,59 +58,91 @@ async def converse(checkpointer: Any, *, before_end: bool = False) -> dict[str, 
 
 
 def rows(folder: Path, sql: str) -> list[tuple[Any, ...]]:
-    connection = sqlite3.connect(folder / DB_NAME)
+    connection = sqlite3.connect(db_path(folder))
     try:
         return connection.execute(sql).fetchall()
     finally:
         connection.close()
 
 
-async def test_state_read_back_is_the_state_and_each_item_is_stored_once(tmp_path: Path) -> None:
-    async with open_store(tmp_path) as (saver, _):
+@pytest.mark.parametrize("stock", [False, True])
+async def test_state_read_back_is_the_state_and_no_checkpoint_holds_the_history(
+    tmp_path: Path, stock: bool
+) -> None:
+    async with open_manifest(tmp_path), open_checkpointer(db_path(tmp_path), stock=stock) as saver:
         ours = await converse(saver, before_end=True)
     assert ours == await converse(InMemorySaver(), before_end=True)
-    messages, noise = ours["conversation_messages"], ours["noise"]
-    assert len(messages) == 2 * ROUNDS and len(noise) == ROUNDS
-    # Each message once (the clean text of a noised one is in ``noise``), a print per round.
-    (items,) = rows(tmp_path, "SELECT COUNT(*) FROM graph_distill_items")[0]
-    assert items == len(messages) + ROUNDS
-    (blob,) = rows(tmp_path, "SELECT checkpoint FROM checkpoints")[0]
-    for message in messages:
-        assert message.text.encode() not in blob
+    messages = ours["conversation_messages"]
+    assert len(messages) == 2 * ROUNDS
+    blobs = rows(tmp_path, "SELECT checkpoint FROM checkpoints")
+    # Every step's checkpoint is kept, and none holds the first message (only its step's write).
+    assert len(blobs) > 2 * ROUNDS
+    first = messages[0].text.encode()
+    assert not any(first in blob for (blob,) in blobs)
+    (written,) = rows(
+        tmp_path, "SELECT COUNT(*) FROM writes WHERE channel = 'conversation_messages'"
+    )
+    assert written[0] >= len(messages)
 
 
-async def test_a_whole_conversation_is_read_back_by_a_fresh_process(tmp_path: Path) -> None:
-    async with open_store(tmp_path) as (saver, _):
+@pytest.mark.parametrize("stock", [False, True])
+async def test_a_whole_conversation_is_read_back_by_a_fresh_process(
+    tmp_path: Path, stock: bool
+) -> None:
+    async with open_manifest(tmp_path), open_checkpointer(db_path(tmp_path), stock=stock) as saver:
         ours = await converse(saver)
     assert ours == await converse(InMemorySaver())
-    async with open_store(tmp_path) as (saver, _):
-        found = await saver.aget_tuple({"configurable": {"thread_id": THREAD}})
-    assert found is not None
-    values = found.checkpoint["channel_values"]
-    for channel in STORED_ONCE:
-        assert values[channel] == ours[channel]
+    async with open_checkpointer(db_path(tmp_path), stock=stock) as saver:
+        graph = conversation_builder.compile(checkpointer=saver)
+        config: Any = {"configurable": {"thread_id": THREAD}}
+        state = await graph.aget_state(config)
+        history = [snapshot async for snapshot in graph.aget_state_history(config)]
+    del state.values["conversation_record"]["created_at"]
+    assert state.values == ours
+    assert len(history) > 2 * ROUNDS  # time travel: every step can be gone back to
 
 
-async def test_checkpoints_written_whole_are_read_as_they_are(tmp_path: Path) -> None:
-    """A database from before items were stored apart (LangGraph's own SQLite saver)."""
-    async with open_store(tmp_path):
-        pass
-    messages = [HumanMessage("hello", id="m0"), AIMessage("hi there", id="m1")]
-    checkpoint = empty_checkpoint()
-    checkpoint["channel_values"] = {"conversation_messages": messages, "rounds": 1}
-    config: Any = {"configurable": {"thread_id": "old", "checkpoint_ns": ""}}
-    connection = sqlite3.connect(tmp_path / DB_NAME)
-    SqliteSaver(connection).put(config, checkpoint, {}, {})
-    connection.close()
-    async with open_store(tmp_path) as (saver, _):
-        found = await saver.aget_tuple({"configurable": {"thread_id": "old"}})
-    assert found is not None
-    assert found.checkpoint["channel_values"] == {"conversation_messages": messages, "rounds": 1}
+class WithoutDeltaHistory(AsyncSqliteSaver):
+    aget_delta_channel_history = BaseCheckpointSaver.aget_delta_channel_history
 
 
-async def test_deleting_a_thread_deletes_its_items(tmp_path: Path) -> None:
-    async with open_store(tmp_path) as (saver, _):
-        await converse(saver)
-        await saver.adelete_thread(THREAD)
-        assert await saver.aget_tuple({"configurable": {"thread_id": THREAD}}) is None
-    assert rows(tmp_path, "SELECT COUNT(*) FROM graph_distill_items") == [(0,)]
+async def test_a_saver_without_what_ours_needs_falls_back_to_stock_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert missing_internals(AsyncSqliteSaver) is None
+    assert missing_internals(WithoutDeltaHistory) == "AsyncSqliteSaver.aget_delta_channel_history"
+    monkeypatch.setattr(checkpoints, "AsyncSqliteSaver", WithoutDeltaHistory)
+    async with open_checkpointer(tmp_path / "runs.sqlite", stock=False) as saver:
+        assert isinstance(saver, WithoutDeltaHistory)
+        # The stock saver opens its own connection: not in WAL mode as ours is.
+        async with saver.conn.execute("PRAGMA journal_mode") as cursor:
+            assert (await cursor.fetchone()) != ("wal",)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("graph-distill: langgraph-checkpoint-sqlite 3.")
+    assert lines[0].endswith("using its stock checkpointer")
+
+
+async def test_a_run_of_the_previous_release_is_refused_in_one_line(tmp_path: Path) -> None:
+    async with open_manifest(tmp_path) as manifest:
+        run = await manifest.create({"count": 1}, 1)
+        await manifest.connection.execute(
+            f"CREATE TABLE {PREVIOUS_ITEMS_TABLE} (thread_id TEXT, digest BLOB, type TEXT, "
+            "item BLOB)"
+        )
+        # Items of another run's thread do not stand in the way; those of this run's do.
+        await manifest.connection.execute(
+            f"INSERT INTO {PREVIOUS_ITEMS_TABLE} VALUES ('other', x'00', 'msgpack', x'00')"
+        )
+        await manifest.connection.commit()
+        assert (await manifest.get(run.run_id)).run_id == run.run_id
+        [item] = await manifest.items(run.run_id)
+        await manifest.connection.execute(
+            f"INSERT INTO {PREVIOUS_ITEMS_TABLE} VALUES (?, x'00', 'msgpack', x'00')",
+            (item.distill_thread,),
+        )
+        await manifest.connection.commit()
+        with pytest.raises(ResumeError) as raised:
+            await manifest.get(run.run_id)
+    assert "\n" not in str(raised.value)
+    assert "start a new run" in str(raised.value)

@@ -22,8 +22,8 @@ from click.testing import CliRunner, Result
 from graph_distill.cli.main import main
 from graph_distill.files.readers import read_conversations
 from graph_distill.files.writing import RUN_REPORT_NAME, conversation_file
+from graph_distill.run.manifest import db_path, latest_unfinished_run
 from graph_distill.run.remote import thread_id
-from graph_distill.run.store import db_path, latest_unfinished_run
 from tests.support.agent_server import (
     SERVER_MODEL,
     SERVER_MODEL_KEY,
