@@ -35,7 +35,8 @@ from graph_distill.files.readers import ReadOptions, find_inputs, parse_role_map
 from graph_distill.llm.models import chat_model, describe_error
 from graph_distill.llm.settings import MODEL_SETTINGS
 from graph_distill.run.distilling import DistillTarget, distill_inputs
-from graph_distill.run.generation import RunPlan, run_conversations, scenario_settings
+from graph_distill.run.driver import RunPlan, scenario_settings
+from graph_distill.run.generation import run_conversations
 from graph_distill.run.lock import check_run_free
 from graph_distill.run.progress import RecordReporter
 from graph_distill.run.remote import (

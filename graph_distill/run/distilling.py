@@ -134,6 +134,31 @@ def write_distilled(
     return count_distilled(data, str(out_path), name, summary, reporter)
 
 
+async def distill_result(
+    messages: Sequence[Mapping[str, Any]],
+    ctx: DistillContext,
+    concurrency: int,
+    summary: RunSummary,
+    *,
+    graph: Graph = distill_graph,
+    thread_id: str | None = None,
+) -> dict[str, Any]:
+    """The distill graph's output for one conversation's ``messages`` (failures raised). With
+    a ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut short
+    goes on where it stopped: chunks already distilled are not asked again."""
+    config: RunnableConfig = {
+        "max_concurrency": concurrency,
+        "callbacks": [summary.ledger.callback("distillation")],
+    }
+    if thread_id is not None:
+        config["configurable"] = {"thread_id": thread_id}
+    config = with_resources(config, summary.resources)
+    inputs: dict[str, Any] | None = {"conversation": list(messages)}
+    if thread_id is not None and (await graph.aget_state(config)).created_at is not None:
+        inputs = None
+    return await graph.ainvoke(inputs, config, context=ctx)
+
+
 async def distill_record(
     source: SourceConversation,
     ctx: DistillContext,
@@ -144,46 +169,16 @@ async def distill_record(
     graph: Graph = distill_graph,
     thread_id: str | None = None,
 ) -> dict[str, Any] | None:
-    """The distilled record of one conversation; None when it failed (recorded, not raised).
-    With a ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut
-    short goes on where it stopped: chunks already distilled are not asked again."""
-    config: RunnableConfig = {
-        "max_concurrency": concurrency,
-        "callbacks": [summary.ledger.callback("distillation")],
-    }
-    if thread_id is not None:
-        config["configurable"] = {"thread_id": thread_id}
-    config = with_resources(config, summary.resources)
-    inputs: dict[str, Any] | None = {"conversation": source.messages}
-    if thread_id is not None and (await graph.aget_state(config)).created_at is not None:
-        inputs = None
+    """The distilled record of one conversation (see distill_result); None when it failed
+    (recorded, not raised)."""
     try:
-        result = await graph.ainvoke(inputs, config, context=ctx)
+        result = await distill_result(
+            source.messages, ctx, concurrency, summary, graph=graph, thread_id=thread_id
+        )
     except Exception as error:
         record_failure(summary, reporter, source.source, error)
         return None
     return distilled_data(source.source_value, result, ctx, True)
-
-
-async def distill_source(
-    source: SourceConversation,
-    out_path: Path,
-    ctx: DistillContext,
-    concurrency: int,
-    reporter: Reporter,
-    summary: RunSummary,
-    *,
-    graph: Graph = distill_graph,
-    thread_id: str | None = None,
-    retry_hint: str = RETRY_HINT,
-) -> bool:
-    """Distill one conversation into ``out_path`` (see distill_record); True when written."""
-    data = await distill_record(
-        source, ctx, concurrency, reporter, summary, graph=graph, thread_id=thread_id
-    )
-    if data is None:
-        return False
-    return write_distilled(data, out_path, source.source, summary, reporter, retry_hint)
 
 
 @dataclass(frozen=True)
