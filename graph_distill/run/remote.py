@@ -32,7 +32,7 @@ from graph_distill.context import (
 )
 from graph_distill.conversation.graph import recursion_limit
 from graph_distill.files.readers import ReadOptions, SourceConversation
-from graph_distill.llm.settings import MIMO_BASE_URL, MODEL_SETTINGS
+from graph_distill.llm.settings import MODEL_SETTINGS
 from graph_distill.run.distilling import (
     DistillTarget,
     Producer,
@@ -44,8 +44,6 @@ from graph_distill.run.ledger import (
     MIMO_V2_FLASH_PRICES,
     CostLedger,
     Prices,
-    default_prices,
-    prices_with,
 )
 from graph_distill.run.progress import RecordReporter, Reporter
 from graph_distill.run.store import RunItem
@@ -362,82 +360,3 @@ async def distill_on_server(
 
 def _digest(messages: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-
-
-def server_from_options(
-    url: str | None, api_key: str | None, model_flags: Mapping[str, Any], rpm: float | None
-) -> Server | None:
-    """The server of ``--server`` (None: work here); ServerError for options that only a
-    local run can honour."""
-    if not url:
-        return None
-    if not url.startswith(("http://", "https://")):
-        raise ServerError(f"--server {url}: give the server's http:// or https:// URL")
-    if rpm is not None:
-        raise ServerError(
-            "--rpm cannot pace a run on --server: limit requests on the server "
-            "(its jobs per worker and the model provider's limits)"
-        )
-    for name, option in (("api_key", "--api-key"), ("local_model", "--local-model")):
-        if model_flags.get(name):
-            raise ServerError(
-                f"{option} cannot be used with --server: the server's environment holds the "
-                "model key and settings"
-            )
-    return Server(url.rstrip("/"), api_key or None)
-
-
-def given_settings(model_flags: Mapping[str, Any]) -> tuple[str, ...]:
-    """The model settings given on the command line: the only ones sent to the server."""
-    return tuple(
-        name
-        for name, value in model_flags.items()
-        if name not in ("api_key", "local_model") and value
-    )
-
-
-def remote_run(
-    server: Server,
-    plan: RunPlan,
-    graph_settings: Mapping[str, Any],
-    model_flags: Mapping[str, Any],
-    price_flags: Mapping[str, float | None],
-) -> RemoteRun:
-    """``plan`` to be done on ``server``, priced with the --price-* flags."""
-    ctx, given = _server_settings(graph_settings, model_flags)
-    plan.prices = _server_prices(ctx, price_flags)
-    return RemoteRun(server=server, plan=plan, ctx=ctx, given=given)
-
-
-def remote_distill(
-    server: Server,
-    split_settings: Mapping[str, Any],
-    model_flags: Mapping[str, Any],
-    price_flags: Mapping[str, float | None],
-    *,
-    concurrency: int,
-    force: bool,
-) -> RemoteDistill:
-    ctx, given = _server_settings(split_settings, model_flags)
-    return RemoteDistill(
-        server=server,
-        ctx=ctx,
-        given=given,
-        concurrency=concurrency,
-        force=force,
-        prices=_server_prices(ctx, price_flags),
-    )
-
-
-def _server_settings(
-    values: Mapping[str, Any], model_flags: Mapping[str, Any]
-) -> tuple[PipelineContext, tuple[str, ...]]:
-    given = given_settings(model_flags)
-    return PipelineContext(**values, **{name: model_flags[name] for name in given}), given
-
-
-def _server_prices(ctx: PipelineContext, price_flags: Mapping[str, float | None]) -> Prices:
-    """The --price-* flags over the defaults for the model server the runs call: the
-    --base-url sent, else MiMo (the default a server configured like this project's uses)."""
-    base_url = ctx.base_url or MIMO_BASE_URL
-    return prices_with(**price_flags, defaults=default_prices(base_url, local=False))
