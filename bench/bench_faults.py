@@ -50,7 +50,8 @@ from bench_generate import Row, print_table, realistic_responder
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.scenarios import Scenario, builtin_scenarios, pick_scenario
-from graph_distill.run.generation import RunPlan, conversation_seed, run_conversations
+from graph_distill.run.driver import RunPlan, conversation_seed
+from graph_distill.run.generation import run_conversations
 from graph_distill.run.progress import Reporter
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates, message_text
 

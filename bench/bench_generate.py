@@ -46,7 +46,8 @@ from graph_distill.cli.common import tune_gc_for_runs
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.scenarios import builtin_scenarios
 from graph_distill.llm.prompting import load_prompt
-from graph_distill.run.generation import RunPlan, run_conversations
+from graph_distill.run.driver import RunPlan
+from graph_distill.run.generation import run_conversations
 from graph_distill.run.progress import Reporter
 from graph_distill.run.summary import RunSummary
 from tests.support.fake_openai import FakeOpenAIServer, PrefixCache, message_text, prompt_tokens

@@ -21,7 +21,6 @@ from graph_distill.context import (
     DistillContext,
     ModelContext,
     PipelineContext,
-    declared,
     recorded,
 )
 from graph_distill.conversation.scenarios import (
@@ -31,20 +30,13 @@ from graph_distill.conversation.scenarios import (
 )
 from graph_distill.files.readers import ReadOptions, find_inputs, parse_role_map
 from graph_distill.llm.models import chat_model, describe_error
-from graph_distill.llm.settings import MODEL_SETTINGS
 from graph_distill.run.distilling import DistillTarget, distill_inputs
-from graph_distill.run.generation import RunPlan, run_conversations, scenario_settings
+from graph_distill.run.driver import RunPlan, scenario_settings
+from graph_distill.run.generation import run_conversations
 from graph_distill.run.lock import check_run_free
 from graph_distill.run.manifest import ResumeError, latest_unfinished_run
 from graph_distill.run.progress import RecordReporter
-from graph_distill.run.remote import (
-    Server,
-    distill_on_server,
-    remote_distill,
-    remote_run,
-    run_on_server,
-    server_from_options,
-)
+from graph_distill.run.remote import distill_on_server, run_on_server
 from graph_distill.run.settings import (
     DatasetSettings,
     GenerationSettings,
@@ -64,11 +56,9 @@ from .common import (
     tune_gc_for_runs,
 )
 from .options import given, options_from
+from .server import remote_distill, remote_run, server_options
 from .session import model_session
 from .terminal import choose_record_reporter, choose_reporter
-
-# Paced by the server, not here (--rpm is refused with --server).
-SERVER_PACED = ("requests_per_minute",)
 
 
 class _Commands(click.Group):
@@ -164,37 +154,13 @@ def _generate(plan: RunPlan, ctx: PipelineContext, run_settings: GenerationSetti
             reporter.close()
 
 
-def _on_server(
-    context_type: type[DistillContext], run_settings: RunSettings, values: dict[str, Any]
-) -> tuple[Server, dict[str, Any], dict[str, Any], dict[str, float | None]]:
-    """The server, the graph settings and the model settings given on the command line (the
-    only ones sent: the server's environment holds the rest, the key always), and the prices."""
-    typed = {k: v for k, v in values.items() if v is not None and v != ()}
-    names = {item.name for item in declared(context_type)}
-    model = {name: typed.get(name) for name in MODEL_SETTINGS if name in names}
-    model["local_model"] = run_settings.local_model
-    graph = {
-        k: v for k, v in typed.items() if k in names and k not in model and k not in SERVER_PACED
-    }
-    server = server_from_options(
-        run_settings.server, run_settings.server_api_key, model, typed.get("requests_per_minute")
-    )
-    assert server is not None
-    prices = {
-        "input": run_settings.price_input,
-        "cached_input": run_settings.price_cached,
-        "output": run_settings.price_output,
-    }
-    return server, graph, model, prices
-
-
 def _generate_on_server(
     plan: RunPlan,
     context_type: type[PipelineContext],
     run_settings: GenerationSettings,
     values: dict[str, Any],
 ) -> RunSummary:
-    server, graph, model, prices = _on_server(context_type, run_settings, values)
+    server, graph, model, prices = server_options(context_type, run_settings, values)
     remote = remote_run(server, plan, graph, model, prices)
     if not run_settings.quiet:
         doing = f"Resuming run {plan.run_id}:" if plan.run_id else "Generating"
@@ -357,7 +323,7 @@ def _distill_on_server(
     values: dict[str, Any],
     reporter: RecordReporter,
 ) -> RunSummary:
-    server, graph, model, prices = _on_server(DistillContext, run_settings, values)
+    server, graph, model, prices = server_options(DistillContext, run_settings, values)
     remote = remote_distill(
         server,
         graph,

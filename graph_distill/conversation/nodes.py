@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import random
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import openai
 from langchain_core.language_models import LanguageModelInput
@@ -30,7 +31,13 @@ from graph_distill.conversation.history import flipped, window
 from graph_distill.conversation.noise import noise_user_message
 from graph_distill.conversation.roles import clean_user_text, role_break
 from graph_distill.conversation.scenarios import Scenario, builtin_scenarios, pick_scenario
-from graph_distill.conversation.stagnation import REASONS, observe, stall_reason, stems
+from graph_distill.conversation.stagnation import (
+    REASONS,
+    keep_recent,
+    observe,
+    stall_reason,
+    stems,
+)
 from graph_distill.conversation.state import ConversationState, Progress
 from graph_distill.llm.models import chat_model, model_name
 from graph_distill.llm.prompting import load_prompt, render_prompt
@@ -217,17 +224,22 @@ async def respond(
             runtime.stream_writer(
                 Progress(kind="round_done", rounds=rounds, target_rounds=state["target_rounds"])
             )
-            seen = observe(rounds, messages[-1].text, text, state.get("round_prints", []), ctx)
+            prints = state.get("round_prints", [])
+            seen = observe(rounds, messages[-1].text, text, prints, ctx)
+            after = {**state, "rounds": rounds, "round_prints": keep_recent(prints, [seen])}
+            next_step, stall = _verdict(after, ctx)
             return {
                 "conversation_messages": [AIMessage(text, id=f"m{len(messages)}")],
                 "rounds": rounds,
                 "round_prints": [seen],
                 "conversation_usage": usage,
+                "next_step": next_step,
+                "stall_reason": stall,
             }
     raise EmptyReplyError("the assistant model kept answering with an empty message")
 
 
-def _verdict(state: ConversationState, ctx: ConversationContext) -> tuple[Route, str | None]:
+def _verdict(state: Mapping[str, Any], ctx: ConversationContext) -> tuple[Route, str | None]:
     """Where the conversation goes after a round, and the stall reason key if there is one."""
     rounds = state["rounds"]
     if rounds >= state["target_rounds"]:
@@ -241,12 +253,11 @@ def _verdict(state: ConversationState, ctx: ConversationContext) -> tuple[Route,
     return ("end_guard" if _level(state, ctx) >= FIRM_SWITCH else "switch_topic"), reason
 
 
-async def detect_stagnation(
-    state: ConversationState, runtime: Runtime[ConversationContext]
-) -> Route:
+def detect_stagnation(state: ConversationState) -> Route:
     """The edge after each reply: on to the next user message, a topic switch when the talk
-    stalls, or the end guard (target reached, or a stall that switching did not break)."""
-    return _verdict(state, _context(runtime))[0]
+    stalls, or the end guard (target reached, or a stall that switching did not break), as
+    ``respond`` decided."""
+    return cast(Route, state["next_step"])
 
 
 async def switch_topic(
@@ -254,7 +265,7 @@ async def switch_topic(
 ) -> dict[str, Any]:
     """Steer the next user message to the next unused followup, or to a fresh subtopic."""
     ctx = _context(runtime)
-    reason = _verdict(state, ctx)[1] or "stall"
+    reason = state.get("stall_reason") or "stall"
     level = _level(state, ctx) + 1
     followup = _next_followup(state)
     update: dict[str, Any] = {}
@@ -299,7 +310,7 @@ async def end_guard(
 
     Reached at the target round count, or earlier when escalation did not break a stall."""
     ctx = _context(runtime)
-    stall = _stall_ending(state, ctx)
+    stall = _stall_ending(state)
     if stall:
         stalled = Progress(kind="stalled", rounds=state["rounds"], reason=stall["reason"])
         runtime.stream_writer(stalled)
@@ -343,9 +354,9 @@ async def end_guard(
     }
 
 
-def _stall_ending(state: ConversationState, ctx: ConversationContext) -> dict[str, Any] | None:
+def _stall_ending(state: ConversationState) -> dict[str, Any] | None:
     """``{turn, reason}`` when the conversation ends early on a stall, else None."""
     if state.get("rounds", 0) >= state["target_rounds"]:
         return None
-    reason = _verdict(state, ctx)[1] or "stall"
+    reason = state.get("stall_reason") or "stall"
     return {"turn": len(state["conversation_messages"]), "reason": REASONS.get(reason, reason)}

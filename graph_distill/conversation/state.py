@@ -56,6 +56,11 @@ class ConversationState(ConversationInput, ConversationOutput, total=False):
     noise: Annotated[list[dict[str, Any]], operator.add]
     conversation_usage: Annotated[Usage, add_usage]
     termination_reason: str
+    # The verdict on the last reply, decided once by ``respond``: the next node, and the stall
+    # reason key (None: no stall). The edge after ``respond``, ``switch_topic`` and
+    # ``end_guard`` read it.
+    next_step: str
+    stall_reason: str | None
 
 
 class Progress(TypedDict, total=False):

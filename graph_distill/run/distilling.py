@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
@@ -47,16 +47,14 @@ from graph_distill.run.summary import (
 )
 
 EMPTY = "no message has text"
-# Which model wrote the notes: a name, None when unknown (a server's own), True: the context's.
-ModelOf = str | Literal[True] | None
 DEFAULT_OUTPUT_DIR = Path("distilled")
 
 
-def distill_settings(ctx: DistillContext, model: ModelOf = True) -> dict[str, Any]:
+def distill_settings(ctx: DistillContext, model: str | None) -> dict[str, Any]:
     """The settings a distilled record depends on, recorded in its metadata (a re-run
-    compares them); ``model`` None when unknown (a server's own), True for the context's."""
+    compares them); ``model`` the distill model's name, None when unknown (a server's own)."""
     return {
-        "model": model_name(ctx, "distill") if model is True else model,
+        "model": model,
         "split_method": ctx.split_method,
         "max_tokens": ctx.max_tokens,
         "overlap_tokens": ctx.token_overlap(),
@@ -66,7 +64,7 @@ def distill_settings(ctx: DistillContext, model: ModelOf = True) -> dict[str, An
 
 
 def distilled_data(
-    source: Any, result: Mapping[str, Any], ctx: DistillContext, model: ModelOf
+    source: Any, result: Mapping[str, Any], ctx: DistillContext, model: str | None
 ) -> dict[str, Any]:
     """The distilled record of a distill graph's ``result``."""
     return distilled_file(
@@ -97,7 +95,7 @@ def count_distilled(
         summary.failures.append((name, reason))
         reporter.failed(name, reason)
         return False
-    summary.distilled.append(Path(where))
+    summary.distilled += 1
     reporter.distilled(name, where)
     return True
 
@@ -111,7 +109,7 @@ def save_distilled(
     reporter: Reporter,
     hint: str,
     *,
-    model: ModelOf = True,
+    model: str | None,
     label: str | None = None,
 ) -> bool:
     """Write a distill graph's ``result`` to ``out_path``; True when it has notes."""
@@ -134,6 +132,31 @@ def write_distilled(
     return count_distilled(data, str(out_path), name, summary, reporter)
 
 
+async def distill_result(
+    messages: Sequence[Mapping[str, Any]],
+    ctx: DistillContext,
+    concurrency: int,
+    summary: RunSummary,
+    *,
+    graph: Graph = distill_graph,
+    thread_id: str | None = None,
+) -> dict[str, Any]:
+    """The distill graph's output for one conversation's ``messages`` (failures raised). With
+    a ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut short
+    goes on where it stopped: chunks already distilled are not asked again."""
+    config: RunnableConfig = {
+        "max_concurrency": concurrency,
+        "callbacks": [summary.ledger.callback("distillation")],
+    }
+    if thread_id is not None:
+        config["configurable"] = {"thread_id": thread_id}
+    config = with_resources(config, summary.resources)
+    inputs: dict[str, Any] | None = {"conversation": list(messages)}
+    if thread_id is not None and (await graph.aget_state(config)).created_at is not None:
+        inputs = None
+    return await graph.ainvoke(inputs, config, context=ctx)
+
+
 async def distill_record(
     source: SourceConversation,
     ctx: DistillContext,
@@ -144,46 +167,16 @@ async def distill_record(
     graph: Graph = distill_graph,
     thread_id: str | None = None,
 ) -> dict[str, Any] | None:
-    """The distilled record of one conversation; None when it failed (recorded, not raised).
-    With a ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut
-    short goes on where it stopped: chunks already distilled are not asked again."""
-    config: RunnableConfig = {
-        "max_concurrency": concurrency,
-        "callbacks": [summary.ledger.callback("distillation")],
-    }
-    if thread_id is not None:
-        config["configurable"] = {"thread_id": thread_id}
-    config = with_resources(config, summary.resources)
-    inputs: dict[str, Any] | None = {"conversation": source.messages}
-    if thread_id is not None and (await graph.aget_state(config)).created_at is not None:
-        inputs = None
+    """The distilled record of one conversation (see distill_result); None when it failed
+    (recorded, not raised)."""
     try:
-        result = await graph.ainvoke(inputs, config, context=ctx)
+        result = await distill_result(
+            source.messages, ctx, concurrency, summary, graph=graph, thread_id=thread_id
+        )
     except Exception as error:
         record_failure(summary, reporter, source.source, error)
         return None
-    return distilled_data(source.source_value, result, ctx, True)
-
-
-async def distill_source(
-    source: SourceConversation,
-    out_path: Path,
-    ctx: DistillContext,
-    concurrency: int,
-    reporter: Reporter,
-    summary: RunSummary,
-    *,
-    graph: Graph = distill_graph,
-    thread_id: str | None = None,
-    retry_hint: str = RETRY_HINT,
-) -> bool:
-    """Distill one conversation into ``out_path`` (see distill_record); True when written."""
-    data = await distill_record(
-        source, ctx, concurrency, reporter, summary, graph=graph, thread_id=thread_id
-    )
-    if data is None:
-        return False
-    return write_distilled(data, out_path, source.source, summary, reporter, retry_hint)
+    return distilled_data(source.source_value, result, ctx, model_name(ctx, "distill"))
 
 
 @dataclass(frozen=True)
@@ -216,26 +209,8 @@ class DistillTarget:
         return self.directory
 
 
-class _Tally(Sequence[Path]):
-    """A count standing where a list of paths is expected, so 100k records keep no list."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def append(self, _item: Path | None) -> None:
-        self.count += 1
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: Any) -> Any:
-        raise IndexError(index)
-
-
 @dataclass
 class DistillSummary(RunSummary):
-    distilled: _Tally = field(default_factory=_Tally)  # type: ignore[assignment]
-    skipped: _Tally = field(default_factory=_Tally)  # type: ignore[assignment]
     empty: int = 0
     redone: int = 0
 
@@ -243,8 +218,8 @@ class DistillSummary(RunSummary):
         total = self.ledger.total()
         redone = f" ({self.redone} redone: made with other settings)" if self.redone else ""
         return (
-            f"{len(self.distilled):,} record(s) distilled{redone}, "
-            f"{len(self.skipped):,} skipped ({ALREADY_DONE}), {self.empty:,} skipped (empty), "
+            f"{self.distilled:,} record(s) distilled{redone}, "
+            f"{self.skipped:,} skipped ({ALREADY_DONE}), {self.empty:,} skipped (empty), "
             f"{len(self.failures):,} failed; {total.usage['calls']:,} model calls, "
             f"est. {usd(total.cost_usd)}; {format_duration(total.wall_seconds or 0.0)}"
         )
@@ -310,7 +285,7 @@ class _Job:
         return self._to_file(record, out_path)
 
     def _skip(self, record: SourceConversation) -> None:
-        self.summary.skipped.append(None)
+        self.summary.skipped += 1
         self.reporter.skipped(record.source, ALREADY_DONE)
 
     def _out_path(self, record: SourceConversation) -> Path:
@@ -401,7 +376,7 @@ async def distill_inputs(
     read_options: ReadOptions | None = None,
     prices: Prices = MIMO_V2_FLASH_PRICES,
     produce: Producer | None = None,
-    model: ModelOf = True,
+    model: str | None = None,
     report_settings: Mapping[str, Any] | None = None,
 ) -> DistillSummary:
     """Distill every record of ``inputs``, ``concurrency`` at once, with at most about that
@@ -417,7 +392,8 @@ async def distill_inputs(
         ledger=CostLedger(prices),
         resources=RunResources(ctx.requests_per_minute, aiohttp=True, stock=ctx.stock),
     )
-    produce = produce or local_producer(ctx, concurrency)
+    if produce is None:
+        produce, model = local_producer(ctx, concurrency), model_name(ctx, "distill")
     job = _Job(target, distill_settings(ctx, model), produce, force, reporter, summary)
     reporter.begin(_total(inputs))
     settings: Mapping[str, Any] = {

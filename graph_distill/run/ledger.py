@@ -327,9 +327,9 @@ def run_report(
         "phases": ledger.figures(),
         "counts": {
             "written": len(outcome.written),
-            "distilled": len(outcome.distilled),
+            "distilled": outcome.distilled,
             "failed": len(outcome.failures),
-            "skipped": len(outcome.skipped),
+            "skipped": outcome.skipped,
             "kept_from_before": len(outcome.kept),
             "not_started_over_budget": outcome.not_started,
             "unfinished": outcome.unfinished,

@@ -11,13 +11,11 @@ checkpoint)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import random
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,40 +31,23 @@ from graph_distill.context import (
     PipelineContext,
 )
 from graph_distill.conversation.graph import recursion_limit
-from graph_distill.conversation.scenarios import pick_scenario
 from graph_distill.files.readers import ReadOptions, SourceConversation
-from graph_distill.files.writing import distilled_path
-from graph_distill.llm.settings import MIMO_BASE_URL, MODEL_SETTINGS
+from graph_distill.llm.settings import MODEL_SETTINGS
 from graph_distill.run.distilling import (
     DistillTarget,
     Producer,
     distill_inputs,
     distilled_data,
-    save_distilled,
 )
-from graph_distill.run.generation import (
-    RunPlan,
-    conversation_seed,
-    holds,
-    open_run,
-    save_conversation,
-)
+from graph_distill.run.driver import Driver, ItemWork, OnGenerated, RunPlan, open_run
 from graph_distill.run.ledger import (
     MIMO_V2_FLASH_PRICES,
     CostLedger,
     Prices,
-    default_prices,
-    prices_with,
 )
-from graph_distill.run.manifest import ItemStatus, RunItem, RunManifest
+from graph_distill.run.manifest import RunItem
 from graph_distill.run.progress import RecordReporter, Reporter
-from graph_distill.run.summary import (
-    RESUME_HINT,
-    RunSummary,
-    gather_or_abort,
-    reported,
-    stop_on_write_error,
-)
+from graph_distill.run.summary import RESUME_HINT, RunSummary, reported
 
 # Fixed: thread ids must come out the same in every process and on every machine.
 THREAD_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4e0b-9a55-3b1f0c9d2e41")
@@ -218,15 +199,19 @@ async def run_on_server(remote: RemoteRun, reporter: Reporter) -> RunSummary:
     client = remote.server.client()
     await check_server(remote.server, client, remote.graph_id)
     async with open_run(plan) as (run_id, _, manifest):
-        work = _ServerRun(remote, client, manifest, run_id, reporter)
+        summary = RunSummary(
+            run_id=run_id,
+            ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens),
+        )
+        executor = ServerExecutor(remote, client, summary, reporter)
         settings = {
             **plan.report_settings,
             **_model_report(remote.ctx, remote.given),
             "run_id": run_id,
         }
-        with reported(work.summary, plan.conversation_dir, remote.ctx, settings, RESUME_HINT):
-            await work.execute()
-    return work.summary
+        with reported(summary, plan.conversation_dir, remote.ctx, settings, RESUME_HINT):
+            await Driver(plan, executor, manifest, summary, reporter).execute()
+    return summary
 
 
 def _model_report(ctx: PipelineContext, given: Sequence[str]) -> dict[str, Any]:
@@ -244,140 +229,66 @@ def given_model(ctx: PipelineContext, given: Sequence[str], role: str) -> str | 
     return None
 
 
-class _ServerRun:
-    """One run's items on the server: each run, joined, saved and distilled once."""
+class ServerExecutor:
+    """Items' graphs run on the server, one thread per item; their usage is read from the
+    outputs (the calls are made there)."""
 
     def __init__(
         self,
         remote: RemoteRun,
         client: LangGraphClient,
-        manifest: RunManifest,
-        run_id: str,
+        summary: RunSummary,
         reporter: Reporter,
     ) -> None:
         self.remote = remote
-        self.plan = remote.plan
+        self.ctx = remote.ctx
+        self.distill_model = given_model(remote.ctx, remote.given, "distill")
         self.client = client
-        self.manifest = manifest
-        self.run_id = run_id
+        self.summary = summary
         self.reporter = reporter
-        self.summary = RunSummary(
-            run_id=run_id,
-            ledger=CostLedger(self.plan.prices, budget_tokens=self.plan.budget_tokens),
-        )
-        self.gate = asyncio.Semaphore(self.plan.concurrency)
-        schema = PipelineContext if self.plan.distill else ConversationContext
+        schema = PipelineContext if remote.plan.distill else ConversationContext
         self.context = server_context(remote.ctx, remote.given, schema)
         self.config = {
             "recursion_limit": recursion_limit(remote.ctx.max_rounds) + DISTILL_STEPS,
-            "max_concurrency": self.plan.concurrency,
+            "max_concurrency": remote.plan.concurrency,
         }
 
-    @property
-    def done(self) -> ItemStatus:
-        return ItemStatus.DISTILLED if self.plan.distill else ItemStatus.SAVED
-
-    async def execute(self) -> None:
-        await gather_or_abort([self._item(item) for item in await self.manifest.items(self.run_id)])
-        items = await self.manifest.items(self.run_id)
-        self.summary.unfinished = sum(item.status is not self.done for item in items)
-        if not self.summary.unfinished:
-            await self.manifest.mark_complete(self.run_id)
-
-    async def _item(self, item: RunItem) -> None:
-        if item.status is ItemStatus.WRITING and holds(item.conversation_path, item):
-            await self.manifest.set_status(self.run_id, item.index, ItemStatus.SAVED)
-            item = replace(item, status=ItemStatus.SAVED)
-        if item.status is self.done or item.status is ItemStatus.DISTILLED:
-            assert item.conversation_path is not None
-            self.summary.kept.append(item.conversation_path)
-            return
-        seed = conversation_seed(self.plan.seed, item.index)
-        scenario = pick_scenario(self.plan.scenarios, random.Random(seed))
-        label = f"#{item.index + 1} {scenario.key}"
-        inputs = {
-            "scenario": scenario.to_record(),
-            "scenario_key": scenario.key,
-            "seed": seed,
-            "conversation_id": item.conversation_id,
-        }
-        async with self.gate:
-            if self._over_budget(item):
-                return
-            started = self.summary.ledger.now()
-            output = await self._output(item, label, inputs)
-        if output is not None:
-            await self._write(item, label, scenario.key, output, started)
-
-    async def _output(
-        self, item: RunItem, label: str, inputs: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """The item's output from the server; None (and a failure recorded) without one."""
-        try:
-            return await thread_output(
-                self.client,
-                self.remote.graph_id,
-                thread_id(self.run_id, item.index),
-                inputs,
-                context=self.context,
-                config=self.config,
-            )
-        except (RunFailed, *SERVER_ERRORS) as error:
-            record_server_failure(self.summary, self.reporter, self.remote.server, label, error)
-            return None
-
-    def _over_budget(self, item: RunItem) -> bool:
-        """Whether the token budget keeps this item from starting (one that already has a
-        saved conversation only needs its distillation written)."""
-        budget = self.summary.ledger.budget
-        if not budget.exhausted or item.status is ItemStatus.SAVED:
-            return False
-        if not self.summary.not_started:
-            self.reporter.note(f"{budget.message()}: no new conversation starts")
-        self.summary.not_started += 1
-        return True
-
-    async def _write(
-        self, item: RunItem, label: str, scenario_key: str, output: dict[str, Any], started: float
-    ) -> None:
-        record = output["conversation_record"]
-        if item.status is ItemStatus.SAVED:
-            assert item.conversation_path is not None
-            path = item.conversation_path
-            self.summary.kept.append(path)
-        else:
+    async def generate(self, work: ItemWork, generated: OnGenerated) -> Mapping[str, Any]:
+        started = self.summary.ledger.now()
+        output = await self._output(work)
+        record = output.get("conversation_record")
+        if record:
             self.summary.ledger.record("generation", record["metadata"]["usage"], started)
-            with stop_on_write_error(self.plan.conversation_dir, RESUME_HINT):
-                path = await save_conversation(
-                    self.manifest,
-                    self.run_id,
-                    item,
-                    self.plan.conversation_dir,
-                    scenario_key,
-                    record,
-                )
-            self.summary.written.append(path)
-            self.summary.rounds += record["total_rounds"]
-            self.reporter.saved(label, str(path), record["total_rounds"])
-        if not self.plan.distill:
-            return
-        self.summary.ledger.record("distillation", output["distill_usage"], started)
-        out_path = distilled_path(self.plan.distilled_dir, path.stem)
-        usable = save_distilled(
-            str(path),
-            out_path,
-            output,
-            self.remote.ctx,
-            self.summary,
-            self.reporter,
-            RESUME_HINT,
-            model=given_model(self.remote.ctx, self.remote.given, "distill"),
-            label=label,
+        self._distillation(output, started)
+        return output
+
+    async def distill_saved(self, work: ItemWork, path: Path) -> Mapping[str, Any]:
+        started = self.summary.ledger.now()
+        output = await self._output(work)
+        self._distillation(output, started)
+        return output
+
+    async def release(self, item: RunItem) -> None:
+        """The server keeps its threads: a re-run finds the outputs there."""
+
+    def failed(self, summary: RunSummary, label: str, error: Exception) -> None:
+        if not isinstance(error, (RunFailed, *SERVER_ERRORS)):
+            raise error
+        record_server_failure(summary, self.reporter, self.remote.server, label, error)
+
+    async def _output(self, work: ItemWork) -> dict[str, Any]:
+        return await thread_output(
+            self.client,
+            self.remote.graph_id,
+            thread_id(self.summary.run_id, work.item.index),
+            work.inputs,
+            context=self.context,
+            config=self.config,
         )
-        if usable:
-            await self.manifest.set_status(
-                self.run_id, item.index, ItemStatus.DISTILLED, distilled_path=out_path
-            )
+
+    def _distillation(self, output: Mapping[str, Any], started: float) -> None:
+        if self.remote.plan.distill and "distill_usage" in output:
+            self.summary.ledger.record("distillation", output["distill_usage"], started)
 
 
 @dataclass(kw_only=True)
@@ -449,82 +360,3 @@ async def distill_on_server(
 
 def _digest(messages: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-
-
-def server_from_options(
-    url: str | None, api_key: str | None, model_flags: Mapping[str, Any], rpm: float | None
-) -> Server | None:
-    """The server of ``--server`` (None: work here); ServerError for options that only a
-    local run can honour."""
-    if not url:
-        return None
-    if not url.startswith(("http://", "https://")):
-        raise ServerError(f"--server {url}: give the server's http:// or https:// URL")
-    if rpm is not None:
-        raise ServerError(
-            "--rpm cannot pace a run on --server: limit requests on the server "
-            "(its jobs per worker and the model provider's limits)"
-        )
-    for name, option in (("api_key", "--api-key"), ("local_model", "--local-model")):
-        if model_flags.get(name):
-            raise ServerError(
-                f"{option} cannot be used with --server: the server's environment holds the "
-                "model key and settings"
-            )
-    return Server(url.rstrip("/"), api_key or None)
-
-
-def given_settings(model_flags: Mapping[str, Any]) -> tuple[str, ...]:
-    """The model settings given on the command line: the only ones sent to the server."""
-    return tuple(
-        name
-        for name, value in model_flags.items()
-        if name not in ("api_key", "local_model") and value
-    )
-
-
-def remote_run(
-    server: Server,
-    plan: RunPlan,
-    graph_settings: Mapping[str, Any],
-    model_flags: Mapping[str, Any],
-    price_flags: Mapping[str, float | None],
-) -> RemoteRun:
-    """``plan`` to be done on ``server``, priced with the --price-* flags."""
-    ctx, given = _server_settings(graph_settings, model_flags)
-    plan.prices = _server_prices(ctx, price_flags)
-    return RemoteRun(server=server, plan=plan, ctx=ctx, given=given)
-
-
-def remote_distill(
-    server: Server,
-    split_settings: Mapping[str, Any],
-    model_flags: Mapping[str, Any],
-    price_flags: Mapping[str, float | None],
-    *,
-    concurrency: int,
-    force: bool,
-) -> RemoteDistill:
-    ctx, given = _server_settings(split_settings, model_flags)
-    return RemoteDistill(
-        server=server,
-        ctx=ctx,
-        given=given,
-        concurrency=concurrency,
-        force=force,
-        prices=_server_prices(ctx, price_flags),
-    )
-
-
-def _server_settings(
-    values: Mapping[str, Any], model_flags: Mapping[str, Any]
-) -> tuple[PipelineContext, tuple[str, ...]]:
-    given = given_settings(model_flags)
-    return PipelineContext(**values, **{name: model_flags[name] for name in given}), given
-
-
-def _server_prices(ctx: PipelineContext, price_flags: Mapping[str, float | None]) -> Prices:
-    """The --price-* flags over the defaults for the model server the runs call: the
-    --base-url sent, else MiMo (the default a server configured like this project's uses)."""
-    base_url = ctx.base_url or MIMO_BASE_URL
-    return prices_with(**price_flags, defaults=default_prices(base_url, local=False))

@@ -35,8 +35,10 @@ class FatalRunError(RuntimeError):
 @dataclass
 class RunSummary:
     written: list[Path] = field(default_factory=list)
-    distilled: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
+    # Distilled records written, and records skipped as already distilled (counts: a
+    # ``distill`` of 100k records keeps no list).
+    distilled: int = 0
+    skipped: int = 0
     # Chunks whose notes could not be had (every structured-output level failed).
     raw_chunks: int = 0
     # Conversations that ended stalled, and replacements started for them.
@@ -63,8 +65,8 @@ class RunSummary:
             f"{len(self.written)} conversation file(s) written ({self.rounds} rounds)"
             if self.written or not self.distilled
             else "",
-            f"{len(self.distilled)} distilled file(s)" if self.distilled or self.written else "",
-            f"{len(self.skipped)} skipped (already distilled)" if self.skipped else "",
+            f"{self.distilled} distilled file(s)" if self.distilled or self.written else "",
+            f"{self.skipped} skipped (already distilled)" if self.skipped else "",
             f"{self.raw_chunks} chunk(s) kept raw" if self.raw_chunks else "",
             f"{self.stalled} stalled" + (f" ({self.replaced} replaced)" if self.replaced else "")
             if self.stalled

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from graph_distill.cli.main import main
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.scenarios import builtin_scenarios
-from graph_distill.run.generation import RunPlan, run_conversations
+from graph_distill.run.driver import RunPlan
+from graph_distill.run.generation import run_conversations
 from graph_distill.run.progress import Reporter
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates, _Fault
 from tests.support.files import json_files

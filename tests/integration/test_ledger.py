@@ -46,8 +46,8 @@ class Outcome:
 
     ledger: CostLedger = field(default_factory=CostLedger)
     written: list[Path] = field(default_factory=list)
-    distilled: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
+    distilled: int = 0
+    skipped: int = 0
     kept: list[Path] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     not_started: int = 0
@@ -232,7 +232,7 @@ def test_run_report_holds_figures_settings_counts_and_no_key(tmp_path: Path) -> 
     summary = Outcome(
         ledger=filled_ledger(clock, budget_tokens=50_000),
         written=[tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"],
-        distilled=[tmp_path / "distilled_a.json", tmp_path / "distilled_b.json"],
+        distilled=2,
         kept=[tmp_path / "k.json"],
         failures=[("#3 Cooking", "the server answered 500: boom")],
         not_started=2,

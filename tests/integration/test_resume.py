@@ -20,7 +20,8 @@ from click.testing import CliRunner, Result
 from graph_distill.cli.main import main
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.scenarios import builtin_scenarios
-from graph_distill.run.generation import RunPlan, conversation_seed, run_conversations
+from graph_distill.run.driver import RunPlan, conversation_seed
+from graph_distill.run.generation import run_conversations
 from graph_distill.run.manifest import DB_NAME, ItemStatus, RunManifest, latest_unfinished_run
 from graph_distill.run.progress import Reporter
 from tests.support.fake_openai import FakeOpenAIServer, message_text

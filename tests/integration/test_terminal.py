@@ -14,7 +14,8 @@ from rich.console import Console
 from graph_distill.cli.terminal import LineReporter, LiveReporter, choose_reporter
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.scenarios import builtin_scenarios
-from graph_distill.run.generation import RunPlan, run_conversations
+from graph_distill.run.driver import RunPlan
+from graph_distill.run.generation import run_conversations
 from graph_distill.run.progress import Reporter
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.roles import RoleResponder
