@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import click
+from langchain_core.messages import BaseMessage
 
 from graph_distill.context import (
     DistillContext,
@@ -30,6 +31,7 @@ from graph_distill.conversation.scenarios import (
 )
 from graph_distill.files.readers import ReadOptions, find_inputs, parse_role_map
 from graph_distill.llm.models import chat_model, describe_error
+from graph_distill.llm.resources import RunResources
 from graph_distill.run.distilling import DistillTarget, distill_inputs
 from graph_distill.run.driver import RunPlan, scenario_settings
 from graph_distill.run.generation import run_conversations
@@ -370,13 +372,18 @@ def check(**values: Any) -> None:
     ctx = replace(ModelContext(**given(ModelContext, values)), max_retries=0)
     local_model = values.get("local_model")
     with plain_errors(), model_session(ctx, local_model, False) as (ctx, settings, _):
-        model = chat_model(ctx, "assistant", temperature=0.0, max_tokens=8)
         began = time.monotonic()
         try:
-            reply = asyncio.run(model.ainvoke("Reply with the single word OK."))
+            reply = asyncio.run(_say_ok(ctx))
         except Exception as error:
             fail(f"{settings.base_url}: {describe_error(error)}")
         click.echo(
             f"OK: {settings.base_url} answered as {settings.model_for('assistant')} "
             f"in {time.monotonic() - began:.1f}s: {reply.text.strip()[:60]!r}"
         )
+
+
+async def _say_ok(ctx: ModelContext) -> BaseMessage:
+    async with RunResources(ctx.requests_per_minute, stock=ctx.stock) as resources:
+        model = chat_model(ctx, "assistant", temperature=0.0, max_tokens=8, resources=resources)
+        return await model.ainvoke("Reply with the single word OK.")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from graph_distill.llm.resources import run_resources
+from graph_distill.llm.resources import RunResources
 from graph_distill.llm.tokens import count_tokens
 
 # Role framing the chat template adds around each message.
@@ -35,11 +35,11 @@ def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[Base
     return list(messages[start:])
 
 
-def flipped(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+def flipped(messages: Sequence[BaseMessage], resources: RunResources) -> list[BaseMessage]:
     """The conversation from the simulated user's side: their own lines become the AI's.
 
-    Each message is flipped once per run (kept by the run's resources), not on every call."""
-    resources = run_resources()
+    Each message is flipped once per run (kept by the run's ``resources``), not on every
+    call."""
     return [resources.derived("flipped", m, _flip) for m in messages]
 
 

@@ -23,6 +23,7 @@ from langchain_core.messages import (
     RemoveMessage,
     SystemMessage,
 )
+from langchain_core.runnables import RunnableConfig
 from langchain_openai import ChatOpenAI
 from langgraph.runtime import Runtime
 
@@ -42,6 +43,7 @@ from graph_distill.conversation.state import ConversationState, Progress
 from graph_distill.llm.models import chat_model, model_name
 from graph_distill.llm.prompting import load_prompt, render_prompt
 from graph_distill.llm.replies import finished_text
+from graph_distill.llm.resources import RunResources, node_resources
 from graph_distill.llm.tokens import encoding
 from graph_distill.llm.usage import Usage, add_usage, empty_usage, usage_of
 
@@ -127,7 +129,7 @@ def _next_followup(state: ConversationState) -> str | None:
 
 
 async def simulate_user(
-    state: ConversationState, runtime: Runtime[ConversationContext]
+    state: ConversationState, runtime: Runtime[ConversationContext], config: RunnableConfig
 ) -> dict[str, Any]:
     """The next user message, written by a model that sees the chat from the user's side, with
     typos and grammar slips in a seeded share of them (the clean text is kept in ``noise``)."""
@@ -138,7 +140,8 @@ async def simulate_user(
     if not messages:
         text, usage = _scenario(state).user_prompt, empty_usage()
     else:
-        text, usage, breaks = await _write_user_message(state, ctx)
+        async with node_resources(config, ctx) as resources:
+            text, usage, breaks = await _write_user_message(state, ctx, resources)
     user_turn = sum(isinstance(m, HumanMessage) for m in messages)
     noised = noise_user_message(text, seed=state["seed"], user_turn=user_turn, rate=ctx.typo_rate)
     shown = text if noised is None else noised.text
@@ -155,7 +158,7 @@ async def simulate_user(
 
 
 async def _write_user_message(
-    state: ConversationState, ctx: ConversationContext
+    state: ConversationState, ctx: ConversationContext, resources: RunResources
 ) -> tuple[str, Usage, list[dict[str, Any]]]:
     """The message, its usage, and the role breaks that made it be written again."""
     scenario = _scenario(state)
@@ -163,7 +166,8 @@ async def _write_user_message(
         "user_simulator", description=scenario.description, user_prompt=scenario.user_prompt
     )
     view = flipped(
-        window(state["conversation_messages"], ctx.history_budget_tokens, ctx.history_cut_step)
+        window(state["conversation_messages"], ctx.history_budget_tokens, ctx.history_cut_step),
+        resources,
     )
     if state.get("pending_topic"):
         firm = _level(state, ctx) >= FIRM_SWITCH
@@ -172,7 +176,11 @@ async def _write_user_message(
         view[-1] = HumanMessage(view[-1].text + steer)
     prompt = [SystemMessage(system), HumanMessage(load_prompt("user_kickoff")), *view]
     model = chat_model(
-        ctx, "user", temperature=ctx.user_temperature, max_tokens=ctx.max_output_tokens
+        ctx,
+        "user",
+        temperature=ctx.user_temperature,
+        max_tokens=ctx.max_output_tokens,
+        resources=resources,
     )
     last_reply = state["conversation_messages"][-1].text
     turn = len(state["conversation_messages"])
@@ -198,7 +206,7 @@ def _last_reply_shingles(state: ConversationState) -> list[int] | None:
 
 
 async def respond(
-    state: ConversationState, runtime: Runtime[ConversationContext]
+    state: ConversationState, runtime: Runtime[ConversationContext], config: RunnableConfig
 ) -> dict[str, Any]:
     """The assistant's reply, in the scenario's role, to a token-bounded window of the chat."""
     ctx = _context(runtime)
@@ -211,12 +219,17 @@ async def respond(
         SystemMessage(system),
         *window(messages, ctx.history_budget_tokens, ctx.history_cut_step),
     ]
-    model = chat_model(
-        ctx, "assistant", temperature=ctx.assistant_temperature, max_tokens=ctx.max_output_tokens
-    )
     usage = empty_usage()
     for _ in range(ctx.max_role_retries + 1):
-        reply = await _ask(model, prompt, penalty)
+        async with node_resources(config, ctx) as resources:
+            model = chat_model(
+                ctx,
+                "assistant",
+                temperature=ctx.assistant_temperature,
+                max_tokens=ctx.max_output_tokens,
+                resources=resources,
+            )
+            reply = await _ask(model, prompt, penalty)
         usage = add_usage(usage, usage_of(reply))
         text = finished_text(reply).strip()
         if text:
@@ -261,7 +274,7 @@ def detect_stagnation(state: ConversationState) -> Route:
 
 
 async def switch_topic(
-    state: ConversationState, runtime: Runtime[ConversationContext]
+    state: ConversationState, runtime: Runtime[ConversationContext], config: RunnableConfig
 ) -> dict[str, Any]:
     """Steer the next user message to the next unused followup, or to a fresh subtopic."""
     ctx = _context(runtime)
@@ -272,7 +285,7 @@ async def switch_topic(
     if followup is not None:
         topic, update["followups_used"] = followup, state.get("followups_used", 0) + 1
     else:
-        topic, update["conversation_usage"] = await _fresh_subtopic(state, ctx)
+        topic, update["conversation_usage"] = await _fresh_subtopic(state, ctx, config)
     turn = len(state["conversation_messages"])
     why = REASONS.get(reason, reason)
     if level >= FIRM_SWITCH:
@@ -289,7 +302,9 @@ async def switch_topic(
     }
 
 
-async def _fresh_subtopic(state: ConversationState, ctx: ConversationContext) -> tuple[str, Usage]:
+async def _fresh_subtopic(
+    state: ConversationState, ctx: ConversationContext, config: RunnableConfig
+) -> tuple[str, Usage]:
     scenario = _scenario(state)
     covered = [*scenario.user_followups, *(s["to_topic"] for s in state.get("topic_switches", []))]
     prompt = render_prompt(
@@ -297,8 +312,11 @@ async def _fresh_subtopic(state: ConversationState, ctx: ConversationContext) ->
         description=scenario.description,
         covered="\n".join(f"- {t}" for t in [scenario.user_prompt, *covered]),
     )
-    model = chat_model(ctx, "user", temperature=ctx.user_temperature, max_tokens=80)
-    reply = await model.ainvoke([HumanMessage(prompt)])
+    async with node_resources(config, ctx) as resources:
+        model = chat_model(
+            ctx, "user", temperature=ctx.user_temperature, max_tokens=80, resources=resources
+        )
+        reply = await model.ainvoke([HumanMessage(prompt)])
     lines = [clean_user_text(line) for line in reply.text.splitlines() if line.strip()]
     return (lines[0] if lines else "something related we haven't covered yet"), usage_of(reply)
 

@@ -4,8 +4,8 @@ then reduce the notes, collapsing them in groups first while they exceed the not
     split -> distill_chunk (one task per chunk) -> plan_reduce -> reduce
                                     plan_reduce <-> collapse_group (one task per group)
 
-Compiled without a checkpointer; the caller bounds parallel model calls with
-``config={"max_concurrency": n}``.
+Compiled without a checkpointer. A runner bounds its distillation calls with its resources'
+``distill_limit``; an embedding caller may pass ``config={"max_concurrency": n}``.
 """
 
 from __future__ import annotations

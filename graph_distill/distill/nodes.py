@@ -10,6 +10,8 @@ import operator
 from typing import Any, Literal
 
 import openai
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_openai import ChatOpenAI
 from langgraph.runtime import Runtime
 from langgraph.types import Send
@@ -43,7 +45,8 @@ from graph_distill.distill.state import (
     DistillState,
     Notes,
 )
-from graph_distill.llm.models import chat_model, is_transient, structured_levels
+from graph_distill.llm.models import chat_model, is_transient
+from graph_distill.llm.resources import RunResources, node_resources
 from graph_distill.llm.structured import StructuredReply, ainvoke_structured
 from graph_distill.llm.usage import Usage, empty_usage, usage_of
 
@@ -70,12 +73,11 @@ async def route_chunks(state: DistillState) -> list[Send] | Literal["plan_reduce
     return sends or "plan_reduce"
 
 
-async def distill_chunk(task: ChunkTask, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+async def distill_chunk(
+    task: ChunkTask, runtime: Runtime[DistillContext], config: RunnableConfig
+) -> dict[str, Any]:
     chunk = task["chunk"]
-    ctx = _context(runtime)
-    reply = await ainvoke_structured(
-        _model(ctx), chunk_prompt(chunk), NOTES_SPEC, structured_levels(ctx)
-    )
+    reply = await _structured(config, _context(runtime), chunk_prompt(chunk))
     record = distilled_chunk(chunk, reply)
     runtime.stream_writer(
         DistillProgress(kind="chunk_done", index=chunk["index"], status=record["status"])
@@ -103,13 +105,17 @@ async def route_reduce(state: DistillState) -> list[Send] | Literal["reduce"]:
     ]
 
 
-async def collapse_group(task: CollapseTask, runtime: Runtime[DistillContext]) -> dict[str, Any]:
-    notes, usage = await _merge(_context(runtime), "distill_collapse", task["group"])
+async def collapse_group(
+    task: CollapseTask, runtime: Runtime[DistillContext], config: RunnableConfig
+) -> dict[str, Any]:
+    notes, usage = await _merge(config, _context(runtime), "distill_collapse", task["group"])
     collapsed = CollapsedNotes(round=task["round"], index=task["index"], notes=notes)
     return {"collapsed": [collapsed], "distill_usage": usage}
 
 
-async def reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
+async def reduce(
+    state: DistillState, runtime: Runtime[DistillContext], config: RunnableConfig
+) -> dict[str, Any]:
     """Final notes and summary. A single notes object (one distilled chunk) is used as is,
     without a call; when no chunk got usable notes, the summary comes from the raw text."""
     level = state.get("notes_level") or []
@@ -117,14 +123,14 @@ async def reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[
     ctx = _context(runtime)
     usage = empty_usage()
     if len(level) > 1:
-        merged, usage = await _merge(ctx, "distill_reduce", level)
+        merged, usage = await _merge(config, ctx, "distill_reduce", level)
         final = merge_repeats([merged])[0]
     else:
         final = level[0] if level else empty_notes()
     if level or not chunks:
         summary = render_summary(final) if level else ""
     else:
-        summary, usage = await _raw_summary(ctx, chunks)
+        summary, usage = await _raw_summary(config, ctx, chunks)
     return {
         "distilled_chunks": chunks,
         "final_notes": final,
@@ -137,18 +143,40 @@ def _context(runtime: Runtime[DistillContext]) -> DistillContext:
     return runtime.context or DistillContext()
 
 
-def _model(ctx: DistillContext) -> ChatOpenAI:
+def _model(ctx: DistillContext, resources: RunResources) -> ChatOpenAI:
     temperature, max_tokens = ctx.distill_temperature, ctx.distill_max_output_tokens
-    return chat_model(ctx, "distill", temperature=temperature, max_tokens=max_tokens)
+    return chat_model(
+        ctx, "distill", temperature=temperature, max_tokens=max_tokens, resources=resources
+    )
 
 
-async def _raw_summary(ctx: DistillContext, chunks: list[DistilledChunk]) -> tuple[str, Usage]:
+async def _structured(
+    config: RunnableConfig, ctx: DistillContext, prompt: list[BaseMessage]
+) -> StructuredReply:
+    """One distillation call for notes, within the run's bound on such calls."""
+    async with node_resources(config, ctx) as resources, resources.distill_slot():
+        return await ainvoke_structured(
+            _model(ctx, resources), prompt, NOTES_SPEC, resources.levels
+        )
+
+
+async def _plain(
+    config: RunnableConfig, ctx: DistillContext, prompt: list[BaseMessage]
+) -> BaseMessage:
+    """One distillation call for plain text, within the run's bound on such calls."""
+    async with node_resources(config, ctx) as resources, resources.distill_slot():
+        return await _model(ctx, resources).ainvoke(prompt)
+
+
+async def _raw_summary(
+    config: RunnableConfig, ctx: DistillContext, chunks: list[DistilledChunk]
+) -> tuple[str, Usage]:
     """A plain-text summary of chunks that got no notes, from their messages (each chunk cut
     to its share of the notes budget); the chunks' own raw replies if that call fails too."""
     share = max(1, ctx.notes_budget_tokens // len(chunks))
     text = "\n\n".join(raw_chunk_text(chunk, share) for chunk in chunks)
     try:
-        reply = await _model(ctx).ainvoke(raw_summary_prompt(text))
+        reply = await _plain(config, ctx, raw_summary_prompt(text))
     except Exception as error:
         if is_transient(error) or isinstance(error, openai.AuthenticationError):
             raise  # the node's retry policy, or the run, deals with these
@@ -179,11 +207,11 @@ def _latest_level(state: DistillState) -> tuple[int, list[Notes]]:
     return latest, [entry["notes"] for entry in sorted(entries, key=operator.itemgetter("index"))]
 
 
-async def _merge(ctx: DistillContext, prompt: str, sources: list[Notes]) -> tuple[Notes, Usage]:
+async def _merge(
+    config: RunnableConfig, ctx: DistillContext, prompt: str, sources: list[Notes]
+) -> tuple[Notes, Usage]:
     """One model call merging ``sources``; when it fails, their plain union (nothing lost)."""
-    reply = await ainvoke_structured(
-        _model(ctx), merge_prompt(prompt, sources), NOTES_SPEC, structured_levels(ctx)
-    )
+    reply = await _structured(config, ctx, merge_prompt(prompt, sources))
     if reply.value is None:
         logger.warning("merging %d notes failed (%s); using their union", len(sources), reply.error)
         return combine_notes(sources), reply.usage

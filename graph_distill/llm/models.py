@@ -15,7 +15,7 @@ from langgraph.types import RetryPolicy
 
 from graph_distill.context import ModelContext
 from graph_distill.llm import fast_client
-from graph_distill.llm.resources import RunResources, run_resources
+from graph_distill.llm.resources import RunResources
 from graph_distill.llm.settings import (
     KEYLESS_PLACEHOLDER,
     ModelSettings,
@@ -23,7 +23,6 @@ from graph_distill.llm.settings import (
     require_usable,
     resolve_settings,
 )
-from graph_distill.llm.structured import LevelMemory
 from graph_distill.llm.throttle import failed_while_coping, is_stream_cut
 
 Role = Literal["user", "assistant", "distill"]
@@ -63,14 +62,11 @@ def chat_model(
     *,
     temperature: float,
     max_tokens: int,
-    resources: RunResources | None = None,
+    resources: RunResources,
 ) -> ChatOpenAI:
-    """A ``ChatOpenAI`` for ``role``; unset context fields resolve from env and ``.env``.
-
-    Built once per run and settings (env and ``.env`` are read then): ``resources`` default
-    to those of the run the calling node belongs to (see ``run_resources``)."""
-    if resources is None:
-        resources = run_resources(context=context, requests_per_minute=context.requests_per_minute)
+    """A ``ChatOpenAI`` for ``role`` on ``resources`` (a node's: see ``node_resources``);
+    unset context fields resolve from env and ``.env``. Built once per ``resources`` and
+    settings (env and ``.env`` are read then)."""
     given = (
         context.api_key,
         context.base_url,
@@ -82,12 +78,6 @@ def chat_model(
     return resources.model(
         (*key, stock), lambda: _build(context, role, temperature, max_tokens, resources, stock)
     )
-
-
-def structured_levels(context: ModelContext) -> LevelMemory:
-    """The structured-output levels of the run the calling node belongs to (see
-    ``ainvoke_structured``): each server's level is found once per run."""
-    return run_resources(context=context, requests_per_minute=context.requests_per_minute).levels
 
 
 def _build(

@@ -3,10 +3,9 @@ it, the request throttle (its cap, back-off and request counts), the structured-
 each server takes, and which model client path it takes (fast or stock, decided once).
 
 A runner creates one ``RunResources`` per run and hands it to the graphs in
-``config["configurable"]`` (``with_resources``); nodes find it with ``run_resources``. The
-graphs' Context stays plain data, as Studio and HTTP clients send it. A graph run without one
-(Studio, an embedding agent, a server) keeps its own with its context object: nothing is
-shared beyond one graph run.
+``config["configurable"]`` (``with_resources``); nodes take theirs from ``node_resources``. The
+graphs' Context stays plain data, as Studio and HTTP clients send it. A node call of a graph
+run without one (Studio, an embedding agent, a server) gets its own, closed after it.
 """
 
 from __future__ import annotations
@@ -14,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx2
 from langchain_core.runnables import RunnableConfig
-from langgraph.config import get_config
 
 from graph_distill.context import ModelContext, from_environment
 from graph_distill.llm.fast_client import INTERNALS, Internal, contract_problem, fast_http_client
@@ -50,20 +49,23 @@ class RunResources:
         throttle: RunThrottle | None = None,
         aiohttp: bool = False,
         stock: bool = False,
+        distill_limit: int | None = None,
         internals: Sequence[Internal] = INTERNALS,
     ) -> None:
         """``aiohttp``: on the fast path, requests go through aiohttp rather than httpx (much
         cheaper per request); for an owner that closes the resources (``aclose``) in their
         event loop. ``stock`` (or GRAPH_DISTILL_STOCK): the stock path only. Otherwise the
         fast path's ``internals`` are checked now; if one is missing or changed, one line says
-        so and the run takes the stock path."""
+        so and the run takes the stock path. ``distill_limit``: at most that many distillation
+        calls of the run at once (see ``distill_slot``)."""
         self.throttle = throttle or RunThrottle(requests_per_minute)
         self.levels = LevelMemory()
-        self.stock = stock or wants_stock(None) or _fallback_needed(internals)
+        self.stock = stock or _stock_in_environment() or _fallback_needed(internals)
         self._models: dict[Hashable, Any] = {}
         self._aiohttp = aiohttp and not self.stock
         self._client: httpx2.AsyncClient | None = None
         self._lock = threading.Lock()
+        self._distill_slots = asyncio.Semaphore(distill_limit) if distill_limit else None
         # (kind, id(source)) -> (source, value): holding the source keeps its id from reuse.
         self._derived: dict[tuple[str, int], tuple[object, Any]] = {}
 
@@ -82,6 +84,17 @@ class RunResources:
                 build = fast_http_client if self._aiohttp else stock_http_client
                 self._client = build(self.throttle)
             return self._client
+
+    @asynccontextmanager
+    async def distill_slot(self) -> AsyncIterator[None]:
+        """Held for each distillation call. The run's bound, not LangGraph's
+        ``max_concurrency``: that one also queues the saving of finished chunks' notes behind
+        the chunks still waiting, and a run cut short would then ask finished chunks again."""
+        if self._distill_slots is None:
+            yield
+            return
+        async with self._distill_slots:
+            yield
 
     def model(self, key: Hashable, build: Callable[[], Model]) -> Model:
         """The model built for ``key`` in this run (built on first use)."""
@@ -135,12 +148,9 @@ def _fallback_needed(internals: Sequence[Internal]) -> bool:
     return problem is not None
 
 
-def wants_stock(context: object | None) -> bool:
-    """Whether ``context`` asks for the stock path: its ``stock`` setting, else the
-    environment's (a graph run on a server or in Studio gets the context its client sent)."""
-    return bool(getattr(context, "stock", False)) or bool(
-        from_environment(ModelContext).get("stock")
-    )
+def _stock_in_environment() -> bool:
+    """GRAPH_DISTILL_STOCK (a graph run on a server or in Studio has no other flag)."""
+    return bool(from_environment(ModelContext).get("stock"))
 
 
 def with_resources(config: RunnableConfig, resources: RunResources) -> RunnableConfig:
@@ -149,42 +159,22 @@ def with_resources(config: RunnableConfig, resources: RunResources) -> RunnableC
     return {**config, "configurable": configurable}
 
 
-# Where a graph run's context carries the resources of a run without a runner's.
-_CARRIED = "_graph_distill_resources"
-
-
-def run_resources(
-    config: RunnableConfig | None = None,
-    *,
-    context: object | None = None,
-    requests_per_minute: float | None = None,
-) -> RunResources:
-    """The resources of the run ``config`` belongs to (by default the config of the node being
-    run). Without any (Studio, a server, an agent that passes none), those the run's
-    ``context`` carries: every node of one graph run is handed the same context object, so
-    its model calls share one client, and the next run (or event loop) gets new ones.
-    Without a context either, new ones for the caller alone."""
-    if config is None:
-        try:
-            config = get_config()
-        except RuntimeError:
-            config = {}
+def run_resources(config: RunnableConfig) -> RunResources | None:
+    """The resources a runner put in ``config`` (see ``with_resources``), or None."""
     found = (config.get("configurable") or {}).get(RESOURCES_KEY)
-    if isinstance(found, RunResources):
-        return found
-    if context is None:
-        return RunResources(requests_per_minute)
-    return _carried(context, requests_per_minute)
+    return found if isinstance(found, RunResources) else None
 
 
-def _carried(context: object, requests_per_minute: float | None) -> RunResources:
-    try:
-        loop: object = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    held = vars(context).get(_CARRIED)
-    if held is None or held[0] is not loop or held[1].requests_per_minute != requests_per_minute:
-        held = (loop, RunResources(requests_per_minute, stock=getattr(context, "stock", False)))
-        # Not a field: the context's own data (what Studio and servers send) stays as it was.
-        object.__setattr__(context, _CARRIED, held)
-    return held[1]
+@asynccontextmanager
+async def node_resources(
+    config: RunnableConfig, context: ModelContext
+) -> AsyncIterator[RunResources]:
+    """What one node call uses: the resources of the run ``config`` belongs to; without a
+    runner's (Studio, a server, an agent that passes none), new ones for this call alone,
+    closed when it ends (a graph run there shares nothing between its calls)."""
+    found = run_resources(config)
+    if found is not None:
+        yield found
+        return
+    async with RunResources(context.requests_per_minute, stock=context.stock) as resources:
+        yield resources

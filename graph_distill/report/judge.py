@@ -13,8 +13,9 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from graph_distill.context import DistillContext
 from graph_distill.distill.notes import model_cited
-from graph_distill.llm.models import chat_model, structured_levels
+from graph_distill.llm.models import chat_model
 from graph_distill.llm.prompting import render_prompt
+from graph_distill.llm.resources import RunResources
 from graph_distill.llm.structured import OutputSpec, ainvoke_structured
 from graph_distill.llm.tokens import count_tokens
 from graph_distill.llm.usage import Usage, add_usage, empty_usage
@@ -114,16 +115,20 @@ async def run_judge(
     concurrency: int = 4,
 ) -> dict[str, Any]:
     """Every task judged (``concurrency`` calls at once); the figures of the report's judge."""
-    model = chat_model(ctx, "distill", temperature=0.0, max_tokens=JUDGE_MAX_OUTPUT_TOKENS)
-    levels = structured_levels(ctx)
-    gate = asyncio.Semaphore(concurrency)
+    async with RunResources(ctx.requests_per_minute, stock=ctx.stock) as resources:
+        model = chat_model(
+            ctx, "distill", temperature=0.0, max_tokens=JUDGE_MAX_OUTPUT_TOKENS, resources=resources
+        )
+        gate = asyncio.Semaphore(concurrency)
 
-    async def one(task: JudgeTask) -> tuple[JudgeTask, list[bool] | None, Usage]:
-        async with gate:
-            reply = await ainvoke_structured(model, task.prompt(), VERDICTS_SPEC, levels)
-        return task, _verdicts(reply.value, len(task.items)), reply.usage
+        async def one(task: JudgeTask) -> tuple[JudgeTask, list[bool] | None, Usage]:
+            async with gate:
+                reply = await ainvoke_structured(
+                    model, task.prompt(), VERDICTS_SPEC, resources.levels
+                )
+            return task, _verdicts(reply.value, len(task.items)), reply.usage
 
-    results = await asyncio.gather(*(one(task) for task in tasks))
+        results = await asyncio.gather(*(one(task) for task in tasks))
     return _figures(results, estimate(tasks, cost_of), cost_of)
 
 

@@ -135,7 +135,6 @@ def write_distilled(
 async def distill_result(
     messages: Sequence[Mapping[str, Any]],
     ctx: DistillContext,
-    concurrency: int,
     summary: RunSummary,
     *,
     graph: Graph = distill_graph,
@@ -144,10 +143,7 @@ async def distill_result(
     """The distill graph's output for one conversation's ``messages`` (failures raised). With
     a ``thread_id`` (and a ``graph`` compiled with a checkpointer) a distillation cut short
     goes on where it stopped: chunks already distilled are not asked again."""
-    config: RunnableConfig = {
-        "max_concurrency": concurrency,
-        "callbacks": [summary.ledger.callback("distillation")],
-    }
+    config: RunnableConfig = {"callbacks": [summary.ledger.callback("distillation")]}
     if thread_id is not None:
         config["configurable"] = {"thread_id": thread_id}
     config = with_resources(config, summary.resources)
@@ -160,7 +156,6 @@ async def distill_result(
 async def distill_record(
     source: SourceConversation,
     ctx: DistillContext,
-    concurrency: int,
     reporter: Reporter,
     summary: RunSummary,
     *,
@@ -171,7 +166,7 @@ async def distill_record(
     (recorded, not raised)."""
     try:
         result = await distill_result(
-            source.messages, ctx, concurrency, summary, graph=graph, thread_id=thread_id
+            source.messages, ctx, summary, graph=graph, thread_id=thread_id
         )
     except Exception as error:
         record_failure(summary, reporter, source.source, error)
@@ -229,13 +224,13 @@ class DistillSummary(RunSummary):
 Producer = Callable[[SourceConversation, RunSummary, Reporter], Awaitable[dict[str, Any] | None]]
 
 
-def local_producer(ctx: DistillContext, concurrency: int) -> Producer:
+def local_producer(ctx: DistillContext) -> Producer:
     """Records distilled by the distill graph in this process."""
 
     async def produce(
         record: SourceConversation, summary: RunSummary, reporter: Reporter
     ) -> dict[str, Any] | None:
-        return await distill_record(record, ctx, concurrency, reporter, summary)
+        return await distill_record(record, ctx, reporter, summary)
 
     return produce
 
@@ -390,10 +385,12 @@ async def distill_inputs(
             raise FatalRunError(str(error)) from None
     summary = DistillSummary(
         ledger=CostLedger(prices),
-        resources=RunResources(ctx.requests_per_minute, aiohttp=True, stock=ctx.stock),
+        resources=RunResources(
+            ctx.requests_per_minute, aiohttp=True, stock=ctx.stock, distill_limit=concurrency
+        ),
     )
     if produce is None:
-        produce, model = local_producer(ctx, concurrency), model_name(ctx, "distill")
+        produce, model = local_producer(ctx), model_name(ctx, "distill")
     job = _Job(target, distill_settings(ctx, model), produce, force, reporter, summary)
     reporter.begin(_total(inputs))
     settings: Mapping[str, Any] = {

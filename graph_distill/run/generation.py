@@ -45,7 +45,12 @@ async def run_conversations(plan: RunPlan, ctx: PipelineContext, reporter: Repor
         summary = RunSummary(
             run_id=run_id,
             ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens),
-            resources=RunResources(ctx.requests_per_minute, aiohttp=True, stock=ctx.stock),
+            resources=RunResources(
+                ctx.requests_per_minute,
+                aiohttp=True,
+                stock=ctx.stock,
+                distill_limit=plan.concurrency,
+            ),
         )
         executor = LocalExecutor(plan, ctx, saver, summary, reporter)
         settings = {**plan.report_settings, "run_id": run_id}
@@ -85,7 +90,6 @@ class LocalExecutor:
         config: RunnableConfig = {
             "configurable": {"thread_id": item.conversation_id},
             "recursion_limit": recursion_limit(self.ctx.max_rounds),
-            "max_concurrency": self.plan.concurrency,
             "callbacks": [self.summary.ledger.callback(PIPELINE_PHASES)],
         }
         return with_resources(config, self.summary.resources)
@@ -114,7 +118,6 @@ class LocalExecutor:
         return await distill_result(
             source.messages,
             self.ctx,
-            self.plan.concurrency,
             self.summary,
             graph=self.distill_graph,
             thread_id=work.item.distill_thread,

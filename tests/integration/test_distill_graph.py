@@ -202,7 +202,10 @@ async def test_single_chunk_reuses_its_notes_without_a_reduce_call() -> None:
     assert result["final_summary"] == render_summary(result["final_notes"])
 
 
-async def test_max_concurrency_bounds_parallel_chunk_calls() -> None:
+@pytest.mark.parametrize("bound", ["max_concurrency", "distill_limit"])
+async def test_the_bound_on_parallel_chunk_calls_holds(bound: str) -> None:
+    """An embedding caller bounds the calls with LangGraph's max_concurrency; a runner with
+    its resources' distill_limit (which does not hold back the saving of finished chunks)."""
     lock = threading.Lock()
     in_flight, peak = 0, 0
     respond = scripted()
@@ -218,7 +221,14 @@ async def test_max_concurrency_bounds_parallel_chunk_calls() -> None:
         return respond(body)
 
     with FakeOpenAIServer(responder=slow) as server:
-        result = await distill(server, conversation(18), concurrency=3)
+        if bound == "max_concurrency":
+            result = await distill(server, conversation(18), concurrency=3)
+        else:
+            result = await distill_graph.ainvoke(
+                {"conversation": conversation(18)},
+                with_resources({}, RunResources(distill_limit=3)),
+                context=context(server),
+            )
     assert len(result["distilled_chunks"]) == 8
     assert 2 <= peak <= 3
 

@@ -17,7 +17,7 @@ from graph_distill.context import ModelContext, SettingError
 from graph_distill.files.writing import RUN_REPORT_NAME
 from graph_distill.llm.fast_client import INTERNALS, FastChatOpenAI, Internal, contract_problem
 from graph_distill.llm.models import chat_model
-from graph_distill.llm.resources import RunResources, run_resources
+from graph_distill.llm.resources import RunResources
 from tests.integration.test_cli import invoke, run_args
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.files import json_files
@@ -78,13 +78,13 @@ async def test_the_fast_path_says_nothing(
 
 def test_the_environment_switch_chooses_stock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRAPH_DISTILL_STOCK", "1")
-    assert run_resources({}, context=ModelContext()).stock
+    assert RunResources().stock
     monkeypatch.setenv("GRAPH_DISTILL_STOCK", "0")
-    assert not run_resources({}, context=ModelContext()).stock
-    assert run_resources({}, context=ModelContext(stock=True)).stock
+    assert not RunResources().stock
+    assert RunResources(stock=True).stock
     monkeypatch.setenv("GRAPH_DISTILL_STOCK", "maybe")
     with pytest.raises(SettingError, match="GRAPH_DISTILL_STOCK must be 1 or 0"):
-        run_resources({}, context=ModelContext())
+        RunResources()
 
 
 def _conversations(directory: Path) -> list[list[dict[str, str]]]:
@@ -98,7 +98,8 @@ def test_both_paths_give_the_same_conversations_and_report_their_path(
     runs = {}
     for path, extra in (("fast", ()), ("stock", ("--stock",))):
         with FakeOpenAIServer(RoleResponder()) as server:
-            options = ("-n", "2", "--seed", "3", "--no-distill", "-q", *extra)
+            # One at a time: the fake server numbers its answers in the order requests arrive.
+            options = ("-n", "2", "-j", "1", "--seed", "3", "--no-distill", "-q", *extra)
             result = invoke(*run_args(server, tmp_path / path, *options))
             bodies = [record.raw for record in server.records]
         assert result.exit_code == 0, result.output

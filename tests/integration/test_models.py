@@ -63,7 +63,11 @@ def status_error(cls: type[openai.APIStatusError], status: int) -> openai.APISta
 
 def test_request_reaches_the_server_without_thinking_field(fake: FakeOpenAIServer) -> None:
     llm = chat_model(
-        context_for(fake, model="fake-chat"), "assistant", temperature=0.2, max_tokens=64
+        context_for(fake, model="fake-chat"),
+        "assistant",
+        temperature=0.2,
+        max_tokens=64,
+        resources=RunResources(),
     )
     reply = llm.invoke([HumanMessage("How do hash maps resize?")])
 
@@ -79,7 +83,7 @@ def test_request_reaches_the_server_without_thinking_field(fake: FakeOpenAIServe
 
 def test_mimo_url_builds_a_model_with_thinking_disabled() -> None:
     context = ModelContext(base_url=MIMO_BASE_URL, api_key="sk-test")
-    llm = chat_model(context, "distill", temperature=0.3, max_tokens=100)
+    llm = chat_model(context, "distill", temperature=0.3, max_tokens=100, resources=RunResources())
 
     assert llm.extra_body == THINKING_OFF
     payload = llm._get_request_payload([HumanMessage("hi")])
@@ -87,7 +91,13 @@ def test_mimo_url_builds_a_model_with_thinking_disabled() -> None:
 
 
 def test_mimo_is_the_default_server() -> None:
-    llm = chat_model(ModelContext(api_key="sk-test"), "user", temperature=0.9, max_tokens=10)
+    llm = chat_model(
+        ModelContext(api_key="sk-test"),
+        "user",
+        temperature=0.9,
+        max_tokens=10,
+        resources=RunResources(),
+    )
     assert llm.openai_api_base == MIMO_BASE_URL
     assert llm.extra_body == THINKING_OFF
 
@@ -97,7 +107,9 @@ def test_thinking_switch_is_sent_in_the_request_body(
 ) -> None:
     # The MiMo host cannot be reached offline: pretend the fake is MiMo to see the wire format.
     monkeypatch.setattr(models, "is_mimo", lambda base_url: base_url == fake.base_url)
-    llm = chat_model(context_for(fake), "assistant", temperature=0.7, max_tokens=32)
+    llm = chat_model(
+        context_for(fake), "assistant", temperature=0.7, max_tokens=32, resources=RunResources()
+    )
     llm.invoke([HumanMessage("hello")])
 
     [body] = fake.requests
@@ -108,14 +120,18 @@ def test_thinking_switch_is_sent_in_the_request_body(
 @pytest.mark.parametrize("role", ["user", "assistant"])
 def test_per_role_model_reaches_the_request(fake: FakeOpenAIServer, role: str) -> None:
     context = context_for(fake, model="shared", user_model="plays-user", assistant_model="plays-ai")
-    chat_model(context, role, temperature=0.5, max_tokens=16).invoke([HumanMessage("hi")])
+    chat_model(context, role, temperature=0.5, max_tokens=16, resources=RunResources()).invoke(
+        [HumanMessage("hi")]
+    )
     expected = {"user": "plays-user", "assistant": "plays-ai"}[role]
     assert fake.requests[-1]["model"] == expected
 
 
 def test_distill_model_reaches_the_request(fake: FakeOpenAIServer) -> None:
     context = DistillContext(base_url=fake.base_url, model="shared", distill_model="notes-writer")
-    chat_model(context, "distill", temperature=0.3, max_tokens=16).invoke([HumanMessage("x")])
+    chat_model(context, "distill", temperature=0.3, max_tokens=16, resources=RunResources()).invoke(
+        [HumanMessage("x")]
+    )
     assert fake.requests[-1]["model"] == "notes-writer"
 
 
@@ -124,37 +140,47 @@ def test_env_and_dotenv_fill_unset_context_fields(
 ) -> None:
     (tmp_path / ".env").write_text(f"MIMO_BASE_URL={fake.base_url}/\n", encoding="utf-8")
     monkeypatch.setenv("MIMO_USER_MODEL", "env-user-model")
-    llm = chat_model(ConversationContext(max_retries=0), "user", temperature=0.5, max_tokens=16)
+    llm = chat_model(
+        ConversationContext(max_retries=0),
+        "user",
+        temperature=0.5,
+        max_tokens=16,
+        resources=RunResources(),
+    )
     llm.invoke([HumanMessage("hi")])
     assert fake.requests[-1]["model"] == "env-user-model"
 
 
 def test_keyless_server_gets_the_placeholder_key(fake: FakeOpenAIServer) -> None:
-    chat_model(context_for(fake), "user", temperature=0.5, max_tokens=8).invoke([HumanMessage("a")])
+    chat_model(
+        context_for(fake), "user", temperature=0.5, max_tokens=8, resources=RunResources()
+    ).invoke([HumanMessage("a")])
     assert fake.request_headers[-1]["authorization"] == f"Bearer {KEYLESS_PLACEHOLDER}"
 
 
 def test_configured_key_is_sent(fake: FakeOpenAIServer) -> None:
     context = context_for(fake, api_key="sk-live")
-    chat_model(context, "user", temperature=0.5, max_tokens=8).invoke([HumanMessage("a")])
+    chat_model(context, "user", temperature=0.5, max_tokens=8, resources=RunResources()).invoke(
+        [HumanMessage("a")]
+    )
     assert fake.request_headers[-1]["authorization"] == "Bearer sk-live"
 
 
 def test_key_is_not_in_the_model_repr() -> None:
     context = ModelContext(base_url="http://127.0.0.1:9/v1", api_key="sk-secret-value")
-    llm = chat_model(context, "user", temperature=0.5, max_tokens=8)
+    llm = chat_model(context, "user", temperature=0.5, max_tokens=8, resources=RunResources())
     assert "sk-secret-value" not in repr(llm)
     assert "sk-secret-value" not in repr(context)
 
 
 def test_mimo_without_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="MIMO_API_KEY"):
-        chat_model(ModelContext(), "user", temperature=0.5, max_tokens=8)
+        chat_model(ModelContext(), "user", temperature=0.5, max_tokens=8, resources=RunResources())
 
 
 def test_timeout_and_retries_come_from_the_context() -> None:
     context = ModelContext(base_url="http://127.0.0.1:9/v1", request_timeout=7.5, max_retries=5)
-    llm = chat_model(context, "assistant", temperature=0.5, max_tokens=8)
+    llm = chat_model(context, "assistant", temperature=0.5, max_tokens=8, resources=RunResources())
     assert llm.request_timeout == 7.5
     assert llm.max_retries == 5
 
@@ -174,7 +200,10 @@ def test_a_run_builds_one_instance_per_settings() -> None:
     assert build(context, max_tokens=9) is not first
     other_model = ConversationContext(base_url="http://127.0.0.1:9/v1", model="m", user_model="u")
     assert build(other_model) is not first
-    assert chat_model(context, "user", temperature=0.5, max_tokens=8) is not first
+    other_run = RunResources()
+    assert (
+        chat_model(context, "user", temperature=0.5, max_tokens=8, resources=other_run) is not first
+    )
 
 
 # ---------------------------------------------------------------- model names
@@ -197,7 +226,9 @@ def test_model_name_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_usage_of_a_real_reply_reports_cached_prefix(fake: FakeOpenAIServer) -> None:
-    llm = chat_model(context_for(fake), "assistant", temperature=0.5, max_tokens=64)
+    llm = chat_model(
+        context_for(fake), "assistant", temperature=0.5, max_tokens=64, resources=RunResources()
+    )
     system = SystemMessage(LONG_SYSTEM_PROMPT)
     first = usage_of(llm.invoke([system, HumanMessage("What is a closure?")]))
     second = usage_of(llm.invoke([system, HumanMessage("And what is a generator?")]))
@@ -217,7 +248,9 @@ def test_usage_of_a_real_reply_reports_cached_prefix(fake: FakeOpenAIServer) -> 
 
 
 def test_usage_of_a_streamed_reply(fake: FakeOpenAIServer) -> None:
-    llm = chat_model(context_for(fake), "assistant", temperature=0.5, max_tokens=64)
+    llm = chat_model(
+        context_for(fake), "assistant", temperature=0.5, max_tokens=64, resources=RunResources()
+    )
     chunks = list(llm.stream([HumanMessage("Stream me something")]))
     merged = chunks[0]
     for chunk in chunks[1:]:
@@ -306,7 +339,9 @@ def test_faults_the_client_retries_are_not_retried_again(
     fake: FakeOpenAIServer, kind: str, error_type: type[Exception]
 ) -> None:
     fake.enqueue_fault(kind)
-    llm = chat_model(context_for(fake), "assistant", temperature=0.5, max_tokens=8)
+    llm = chat_model(
+        context_for(fake), "assistant", temperature=0.5, max_tokens=8, resources=RunResources()
+    )
     with pytest.raises(error_type) as caught:
         llm.invoke([HumanMessage("hi")])
     assert is_transient(caught.value) is False
@@ -315,7 +350,9 @@ def test_faults_the_client_retries_are_not_retried_again(
 
 async def test_a_stream_cut_midway_is_retried_by_the_node(fake: FakeOpenAIServer) -> None:
     fake.enqueue_fault("drop", after_chunks=2)
-    llm = chat_model(context_for(fake), "assistant", temperature=0.5, max_tokens=64)
+    llm = chat_model(
+        context_for(fake), "assistant", temperature=0.5, max_tokens=64, resources=RunResources()
+    )
     with pytest.raises(Exception) as caught:
         async for _chunk in llm.astream([HumanMessage("hi")]):
             pass
@@ -325,7 +362,7 @@ async def test_a_stream_cut_midway_is_retried_by_the_node(fake: FakeOpenAIServer
 def test_wrong_key_fails_after_one_call_with_a_plain_message() -> None:
     with FakeOpenAIServer(require_key="sk-right") as server:
         context = ConversationContext(base_url=server.base_url, api_key="sk-wrong-secret")
-        llm = chat_model(context, "user", temperature=0.5, max_tokens=8)
+        llm = chat_model(context, "user", temperature=0.5, max_tokens=8, resources=RunResources())
         with pytest.raises(openai.AuthenticationError) as caught:
             llm.invoke([HumanMessage("hi")])
         assert server.calls == 1
@@ -341,7 +378,7 @@ def test_wrong_key_fails_after_one_call_with_a_plain_message() -> None:
 def test_scripted_401_is_not_retried(fake: FakeOpenAIServer) -> None:
     fake.enqueue_fault("401")
     context = ConversationContext(base_url=fake.base_url, api_key="sk-abc", max_retries=3)
-    llm = chat_model(context, "assistant", temperature=0.5, max_tokens=8)
+    llm = chat_model(context, "assistant", temperature=0.5, max_tokens=8, resources=RunResources())
     with pytest.raises(openai.AuthenticationError):
         llm.invoke([HumanMessage("hi")])
     assert fake.calls == 1

@@ -15,7 +15,12 @@ from langchain_core.messages import HumanMessage
 
 from graph_distill.context import PipelineContext
 from graph_distill.llm.models import chat_model, describe_error
-from graph_distill.llm.resources import RunResources, run_resources, with_resources
+from graph_distill.llm.resources import (
+    RunResources,
+    node_resources,
+    run_resources,
+    with_resources,
+)
 from graph_distill.llm.throttle import (
     BackoffPolicy,
     RunThrottle,
@@ -283,31 +288,23 @@ async def test_nodes_find_the_run_resources_in_their_config(fake: FakeOpenAIServ
     resources = RunResources()
     config = with_resources({"configurable": {"thread_id": "t"}}, resources)
     assert config["configurable"]["thread_id"] == "t"
-    assert run_resources(config) is resources
-    # Without a runner (Studio, an embedding agent), each call gets its own: no global state.
-    assert run_resources({}) is not run_resources({})
-    assert run_resources({}) is not resources
-    assert run_resources(requests_per_minute=60.0).requests_per_minute == 60.0
+    assert run_resources(config) is resources and run_resources({}) is None
+    ctx = PipelineContext(requests_per_minute=60.0)
+    async with node_resources(config, ctx) as found:
+        assert found is resources
+    assert not resources.http_client().is_closed  # the runner's: closed by the runner
 
 
-async def test_a_graph_run_without_a_runner_keeps_its_resources_with_its_context() -> None:
-    ctx, other = PipelineContext(), PipelineContext()
-    carried = run_resources({}, context=ctx)
-    # Every node of one run is handed the same context object: one client for the run.
-    assert run_resources({}, context=ctx) is carried
-    assert run_resources({}, context=other) is not carried
-    assert run_resources({}, context=ctx, requests_per_minute=30.0) is not carried
+async def test_a_node_call_without_a_runner_gets_its_own_resources_closed_after_it() -> None:
+    ctx = PipelineContext(requests_per_minute=60.0, stock=True)
+    async with node_resources({}, ctx) as first:
+        client = first.http_client()
+        assert first.requests_per_minute == 60.0 and first.stock
+        async with node_resources({}, ctx) as second:
+            assert second is not first
+    assert client.is_closed
     # The context's own data, what Studio and servers send, is unchanged.
-    assert ctx == PipelineContext() and "resources" not in repr(ctx)
-
-
-def test_a_new_event_loop_gets_new_resources() -> None:
-    ctx = PipelineContext()
-
-    async def carried() -> RunResources:
-        return run_resources({}, context=ctx)
-
-    assert asyncio.run(carried()) is not asyncio.run(carried())
+    assert ctx == PipelineContext(requests_per_minute=60.0, stock=True)
 
 
 def test_a_run_derives_a_value_once_per_source_object() -> None:
@@ -326,16 +323,9 @@ def test_a_run_derives_a_value_once_per_source_object() -> None:
     assert made == ["teh cat", "the cat"]
 
 
-def test_each_event_loop_gets_its_own_resources(fake: FakeOpenAIServer) -> None:
-    async def build() -> RunThrottle:
-        return throttle_of(chat_model(context_for(fake), "user", temperature=0.9, max_tokens=9))
-
-    assert asyncio.run(build()) is not asyncio.run(build())
-
-
 async def test_rpm_paces_every_request_retries_included(fake: FakeOpenAIServer) -> None:
     ctx = context_for(fake, requests_per_minute=300.0, max_retries=2)  # one every 0.2 s
-    model = chat_model(ctx, "user", temperature=0.9, max_tokens=20)
+    model = chat_model(ctx, "user", temperature=0.9, max_tokens=20, resources=RunResources(300.0))
     fake.enqueue_fault("429", retry_after=0.01)
     await asyncio.gather(*(model.ainvoke([HumanMessage(f"hi {i}")]) for i in range(6)))
     arrivals = [record.received_at for record in fake.records]
@@ -347,7 +337,8 @@ async def test_rpm_paces_every_request_retries_included(fake: FakeOpenAIServer) 
 
 
 async def test_retry_after_is_honoured(fake: FakeOpenAIServer) -> None:
-    model = chat_model(context_for(fake, max_retries=2), "user", temperature=0.9, max_tokens=20)
+    ctx = context_for(fake, max_retries=2)
+    model = chat_model(ctx, "user", temperature=0.9, max_tokens=20, resources=RunResources())
     fake.enqueue_fault("429", retry_after=0.6)
     await model.ainvoke([HumanMessage("hello")])
     first, retry = fake.records
@@ -359,7 +350,7 @@ async def test_a_cut_stream_is_one_failure_and_a_whole_one_one_success(
     fake: FakeOpenAIServer,
 ) -> None:
     ctx = context_for(fake, max_retries=0)
-    model = chat_model(ctx, "assistant", temperature=0.7, max_tokens=200)
+    model = chat_model(ctx, "assistant", temperature=0.7, max_tokens=200, resources=RunResources())
     fake.enqueue_fault("drop", after_chunks=2)
     with pytest.raises(Exception):  # noqa: B017 - the transport's own error type
         async for _chunk in model.astream([HumanMessage("tell me a story")]):

@@ -10,6 +10,7 @@ from graph_distill.conversation.history import (
     message_tokens,
     window,
 )
+from graph_distill.llm.resources import RunResources
 from graph_distill.llm.tokens import count_tokens
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
@@ -144,7 +145,7 @@ def test_flipped_swaps_user_and_assistant() -> None:
         AIMessage("Sure, what role are you applying for?"),
         HumanMessage(content=[{"type": "text", "text": "A data analyst job."}]),
     ]
-    swapped = flipped(messages)
+    swapped = flipped(messages, RunResources())
 
     assert [type(message) for message in swapped] == [AIMessage, HumanMessage, AIMessage]
     assert [message.text for message in swapped] == [
@@ -153,7 +154,7 @@ def test_flipped_swaps_user_and_assistant() -> None:
         "A data analyst job.",
     ]
     assert isinstance(messages[0], HumanMessage)
-    assert [type(message) for message in flipped(swapped)] == [
+    assert [type(message) for message in flipped(swapped, RunResources())] == [
         HumanMessage,
         AIMessage,
         HumanMessage,
@@ -161,7 +162,7 @@ def test_flipped_swaps_user_and_assistant() -> None:
 
 
 def test_flipped_of_nothing_is_empty() -> None:
-    assert flipped([]) == []
+    assert flipped([], RunResources()) == []
 
 
 def test_each_message_is_encoded_once_across_calls() -> None:
