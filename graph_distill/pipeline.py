@@ -11,11 +11,12 @@ from graph_distill.context import PipelineContext
 from graph_distill.conversation.graph import conversation_graph
 from graph_distill.conversation.state import ConversationInput
 from graph_distill.distill.graph import distill_graph
+from graph_distill.files.writing import ConversationRecord
 from graph_distill.llm.usage import Usage
 
 
 class PipelineOutput(TypedDict):
-    conversation_record: dict[str, Any]
+    conversation_record: ConversationRecord
     distilled_chunks: list[dict[str, Any]]
     final_summary: str
     final_notes: dict[str, Any]
@@ -24,7 +25,7 @@ class PipelineOutput(TypedDict):
 
 class PipelineState(ConversationInput, total=False):
     conversation: list[dict[str, str]]
-    conversation_record: dict[str, Any]
+    conversation_record: ConversationRecord
     distilled_chunks: list[dict[str, Any]]
     final_summary: str
     final_notes: dict[str, Any]

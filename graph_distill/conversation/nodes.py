@@ -40,6 +40,7 @@ from graph_distill.conversation.stagnation import (
     stems,
 )
 from graph_distill.conversation.state import ConversationState, Progress
+from graph_distill.files.writing import ChatMessage, ConversationRecord
 from graph_distill.llm.models import chat_model, model_name
 from graph_distill.llm.prompting import load_prompt, render_prompt
 from graph_distill.llm.replies import finished_text
@@ -339,12 +340,12 @@ async def end_guard(
     removed = [
         RemoveMessage(id=m.id) for m in state["conversation_messages"] if m.id not in kept_ids
     ]
-    conversation = [
+    conversation: list[ChatMessage] = [
         {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": m.text}
         for m in messages
     ]
     reason = "stalled" if stall else "target_rounds"
-    record = {
+    record: ConversationRecord = {
         "id": state["conversation_id"],
         "scenario": state["scenario"],
         "conversation": conversation,

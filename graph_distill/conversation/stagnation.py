@@ -85,10 +85,9 @@ REASONS = {
 LOOP_SIGNALS = ("assistant_repeat", "user_repeat", "echo", "self_repeat", "praise_spiral")
 
 
-class MessagePrint(TypedDict, total=False):
+class MessagePrint(TypedDict):
     """What detection keeps of one message (plain lists: checkpoints serialize them).
-    ``opening_grams`` (the hashed triples of ``opening``, in order) may be missing from a
-    print an earlier version stored."""
+    ``opening_grams``: the hashed triples of ``opening``, in order."""
 
     shingles: list[int]
     opening: list[str]
@@ -240,10 +239,9 @@ def _opening_grams(message: MessagePrint, words: int) -> set[int]:
     """The hashed word triples of the message's first ``words`` words (kept in its print: a
     message's triples start with those of its opening)."""
     opening = message["opening"][:words]
-    kept = message.get("opening_grams")
-    if kept is None or len(opening) < SHINGLE_WORDS:
+    if len(opening) < SHINGLE_WORDS:
         return _shingles(opening)
-    return set(kept[: len(opening) - SHINGLE_WORDS + 1])
+    return set(message["opening_grams"][: len(opening) - SHINGLE_WORDS + 1])
 
 
 def containment(new: MessagePrint, old: MessagePrint) -> float:

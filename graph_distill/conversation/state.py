@@ -13,6 +13,7 @@ from langgraph.graph.message import Messages, add_messages
 from typing_extensions import TypedDict
 
 from graph_distill.conversation.stagnation import RoundPrint, keep_recent
+from graph_distill.files.writing import ChatMessage, ConversationRecord
 from graph_distill.llm.usage import Usage, add_usage
 
 
@@ -36,8 +37,8 @@ class ConversationInput(TypedDict, total=False):
 
 
 class ConversationOutput(TypedDict):
-    conversation: list[dict[str, str]]
-    conversation_record: dict[str, Any]
+    conversation: list[ChatMessage]
+    conversation_record: ConversationRecord
 
 
 class ConversationState(ConversationInput, ConversationOutput, total=False):

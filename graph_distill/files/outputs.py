@@ -69,15 +69,6 @@ def setting_differences(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
     ]
 
 
-def existing_settings(path: Path) -> dict[str, Any] | None:
-    """The settings recorded in a distilled file's metadata; None when it is unreadable."""
-    try:
-        metadata = json.loads(Path(path).read_text(encoding="utf-8")).get("metadata")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return metadata if isinstance(metadata, dict) else None
-
-
 class JsonlOutput:
     """One distilled record per line, appended as each finishes. Opening an existing file
     repairs a line cut short by a killed run, checks the settings it was made with and learns

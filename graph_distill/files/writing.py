@@ -10,7 +10,9 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired
+
+from typing_extensions import TypedDict
 
 RUN_REPORT_NAME = "run_report.json"
 
@@ -18,7 +20,38 @@ RUN_REPORT_NAME = "run_report.json"
 TEMP_SUFFIX = ".tmp"
 
 
-CONVERSATION_KEYS = ("id", "scenario", "conversation", "total_rounds", "created_at", "metadata")
+class ChatMessage(TypedDict):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class ConversationMetadata(TypedDict):
+    model: str
+    user_model: str
+    scenario_key: str
+    seed: int
+    target_rounds: int
+    termination_reason: Literal["target_rounds", "stalled"]
+    topic_switches: list[dict[str, Any]]
+    role_breaks: list[dict[str, Any]]
+    noise: list[dict[str, Any]]
+    usage: dict[str, Any]
+    stall: NotRequired[dict[str, Any]]
+
+
+class ConversationRecord(TypedDict):
+    """A conversation file, as the conversation graph's end guard builds it (key order is
+    the contract's)."""
+
+    id: str
+    scenario: dict[str, Any]
+    conversation: list[ChatMessage]
+    total_rounds: int
+    created_at: str
+    metadata: ConversationMetadata
+
+
+CONVERSATION_KEYS = tuple(ConversationRecord.__annotations__)
 
 
 def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:

@@ -115,13 +115,6 @@ def json_values(text: str) -> Iterator[Any]:
             yield literal
 
 
-def extract_json(text: str) -> Any:
-    """The first JSON value in ``text`` (see ``json_values``); ValueError when there is none."""
-    for value in json_values(text):
-        return value
-    raise ValueError("no JSON object found in the reply")
-
-
 def _python_literal(text: str) -> Any:
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:

@@ -26,17 +26,6 @@ BUSY_TIMEOUT_SECONDS = 60.0
 PREVIOUS_ITEMS_TABLE = "graph_distill_items"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS graph_distill_items (
-    thread_id TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    type TEXT NOT NULL,
-    item BLOB NOT NULL,
-    PRIMARY KEY (thread_id, digest)
-) WITHOUT ROWID
-"""
-
-
-_SCHEMA = """
 CREATE TABLE IF NOT EXISTS graph_distill_runs (
     run_id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,

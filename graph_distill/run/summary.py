@@ -4,7 +4,7 @@ run is cut short."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,14 +137,6 @@ async def cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def gather_or_abort(jobs: Sequence[Awaitable[None]]) -> None:
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        await cancel_all(tasks)
 
 
 def record_failure(summary: RunSummary, reporter: Reporter, label: str, error: Exception) -> None:

@@ -26,7 +26,7 @@ from graph_distill.llm.structured import (
     ainvoke_structured,
     bounded_schema,
     coerce_to_schema,
-    extract_json,
+    json_values,
     parse_structured,
 )
 from tests.support.fake_openai import FakeOpenAIServer, FaultRates
@@ -67,10 +67,11 @@ def model_for(
     ctx = DistillContext(
         base_url=base_url, api_key="test-key", model="fake-model", max_retries=max_retries
     )
+    resources = resources or RunResources()
     return chat_model(ctx, "distill", temperature=0.0, max_tokens=300, resources=resources)
 
 
-# Each model's run memory of levels, as a run's resources hold it (structured_levels).
+# Each model's run memory of levels, as a run's resources hold it.
 _LEVELS: dict[int, tuple[ChatOpenAI, LevelMemory]] = {}
 
 
@@ -159,14 +160,13 @@ class RefusingProxy:
         ),
     ],
 )
-def test_extract_json_forgives_common_slips(text: str, expected: Any) -> None:
-    assert extract_json(text) == expected
+def test_json_values_forgive_common_slips(text: str, expected: Any) -> None:
+    assert next(iter(json_values(text))) == expected
 
 
 @pytest.mark.parametrize("text", ["no JSON here", '{"a": [1, 2', ""])
-def test_extract_json_refuses_text_without_a_complete_value(text: str) -> None:
-    with pytest.raises(ValueError, match="no JSON"):
-        extract_json(text)
+def test_text_without_a_complete_json_value_has_none(text: str) -> None:
+    assert list(json_values(text)) == []
 
 
 def test_coerce_bends_wrong_types_to_the_schema() -> None:

@@ -86,9 +86,6 @@ def test_a_long_shared_opening_is_a_copy_whatever_the_tail() -> None:
     b = f"{LOOP_OPENING} and kindness, since the people around me deserve my time and care."
     assert similarity(a, b) < 0.5  # whole-message Jaccard misses it
     assert near_copy(fingerprint(a), fingerprint(b), CTX)
-    # A print stored by an earlier version, without its opening's hashes, reads the same.
-    older = {key: value for key, value in fingerprint(b).items() if key != "opening_grams"}
-    assert near_copy(fingerprint(a), older, CTX)  # type: ignore[arg-type]
     assert not near_copy(fingerprint(a), fingerprint(HEALTHY_USER[0]), CTX)
     short_opening = "Can you explain how the rail pass works for a trip to Osaka?"
     assert not near_copy(fingerprint(short_opening), fingerprint(HEALTHY_USER[1]), CTX)
