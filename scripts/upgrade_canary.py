@@ -1,5 +1,6 @@
-"""Upgrade canary: does graph-distill still work on the newest releases of the packages whose
-internals its fast path uses (bounded in pyproject.toml)?
+"""Upgrade canary: does graph-distill still work on the newest releases of the packages bounded
+in pyproject.toml (those whose internals the fast path uses, and LangGraph, whose beta
+DeltaChannel the checkpoints rest on)?
 
     python scripts/upgrade_canary.py [--keep]
 
@@ -22,11 +23,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BOUNDED = ("openai", "langchain-openai", "langchain-core")
+BOUNDED = ("openai", "langchain-openai", "langchain-core", "langgraph")
+# Upgraded with them (not bounded): the saver the checkpoints use.
+ALONG = ("langgraph-checkpoint-sqlite",)
 CONTRACT_TESTS = (
     "tests/integration/test_fast_client.py",
     "tests/integration/test_request_body.py",
     "tests/integration/test_throttle.py",
+    "tests/integration/test_run_store.py",
 )
 PIPELINE = """
 import subprocess, sys, tempfile
@@ -48,7 +52,7 @@ def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.Com
 
 
 def versions(python: str) -> str:
-    shown = run([python, "-m", "pip", "show", *BOUNDED]).stdout.splitlines()
+    shown = run([python, "-m", "pip", "show", *BOUNDED, *ALONG]).stdout.splitlines()
     names = [line.split(": ", 1)[1] for line in shown if line.startswith(("Name:", "Version:"))]
     return ", ".join(f"{n} {v}" for n, v in zip(names[::2], names[1::2], strict=True))
 
@@ -59,7 +63,7 @@ def install(venv: Path) -> str:
     python = str(venv / "bin" / "python")
     steps = (
         ["-m", "pip", "install", "-q", "-e", ".[dev]"],
-        ["-m", "pip", "install", "-q", "--upgrade", *(f"{p}" for p in BOUNDED), "openai[aiohttp]"],
+        ["-m", "pip", "install", "-q", "--upgrade", *BOUNDED, *ALONG, "openai[aiohttp]"],
     )
     for step in steps:
         done = run([python, *step])

@@ -17,6 +17,7 @@ from rich.console import Console
 from graph_distill.cli.terminal import cost_table
 from graph_distill.context import PipelineContext
 from graph_distill.llm.models import chat_model
+from graph_distill.llm.resources import RunResources
 from graph_distill.llm.throttle import ThrottleStats
 from graph_distill.llm.usage import Usage
 from graph_distill.run.ledger import (
@@ -167,7 +168,9 @@ async def test_ledger_callback_counts_what_the_server_counted(streamed: bool) ->
     config: RunnableConfig = {"callbacks": [ledger.callback("generation")]}
     with FakeOpenAIServer() as server:
         ctx = PipelineContext(base_url=server.base_url, api_key="sk-test")
-        model = chat_model(ctx, "assistant", temperature=0.7, max_tokens=100)
+        model = chat_model(
+            ctx, "assistant", temperature=0.7, max_tokens=100, resources=RunResources()
+        )
         for question in ("Why is the sky blue?", "And why are sunsets red?"):
             prompt = [system, HumanMessage(question)]
             if streamed:
@@ -192,7 +195,7 @@ async def test_failed_calls_are_not_counted() -> None:
     ledger = CostLedger()
     with FakeOpenAIServer(faults=FaultRates(rate_500=1.0)) as server:
         ctx = PipelineContext(base_url=server.base_url, api_key="sk-test", max_retries=0)
-        model = chat_model(ctx, "user", temperature=0.7, max_tokens=100)
+        model = chat_model(ctx, "user", temperature=0.7, max_tokens=100, resources=RunResources())
         with pytest.raises(openai.InternalServerError):
             await model.ainvoke("hi", {"callbacks": [ledger.callback("generation")]})
     assert ledger.total().usage == usage(0, 0, 0, calls=0)
