@@ -328,7 +328,16 @@ class _Job:
                 return self._skip(record)
             return self._to_jsonl(record, self.sink)
         out_path = self._out_path(record)
-        if out_path.exists() and not self.force and self._made_alike(out_path, record):
+        found = None if self.force else _distilled_at(out_path)
+        if found is not None and not _same_record(found.get("source"), record.source_value):
+            problem = (
+                f"{out_path} holds the notes of another record ({found.get('source')}): give "
+                "another -o, or --force to replace it"
+            )
+            self.summary.failures.append((record.source, problem))
+            self.reporter.failed(record.source, problem)
+            return None
+        if found is not None and self._made_alike(out_path, found):
             return self._skip(record)
         return self._to_file(record, out_path)
 
@@ -343,17 +352,11 @@ class _Job:
             return distilled_path(self.target.directory, record.stem)
         return self.names.claim(record.stem, record.origin)
 
-    def _made_alike(self, out_path: Path, record: SourceConversation) -> bool:
-        """Whether ``out_path`` holds this record's notes made with these settings (else: redo
-        it; a file of another input that happens to have the same name is redone too)."""
-        try:
-            data = json.loads(out_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        found = data.get("metadata") if isinstance(data, dict) else None
+    def _made_alike(self, out_path: Path, data: Mapping[str, Any]) -> bool:
+        """Whether ``data``, the record's file, holds notes made with these settings (else:
+        redo it)."""
+        found = data.get("metadata")
         if not isinstance(found, dict) or not has_notes(data):
-            return False
-        if not _same_record(data.get("source"), record.source_value):
             return False
         differences = setting_differences(found, self.settings)
         if differences:
@@ -378,6 +381,15 @@ class _Job:
     def close(self) -> None:
         if self.sink is not None:
             self.sink.close()
+
+
+def _distilled_at(path: Path) -> dict[str, Any] | None:
+    """The distilled record in ``path``; None when there is none (or not one to trust)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "source" in data else None
 
 
 def _same_record(found: Any, source: str | Mapping[str, Any]) -> bool:
