@@ -300,3 +300,25 @@ def test_report_sets_simulated_users_beside_a_reference(
     result = invoke(*args, "--reference", str(bad))
     assert result.exit_code == 2
     assert result.output.startswith(f"error: --reference {bad}: not valid JSON")
+
+
+def test_distilled_json_lines_are_looked_up_by_source_in_any_order(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.jsonl"
+    records = [
+        {"id": f"r{n}", "messages": [{"role": "user", "content": f"ask {n}"}]} for n in range(4)
+    ]
+    dump.write_text("".join(json.dumps(r) + "\n" for r in records))
+    distilled = [
+        distilled_record(source.source_value, source.messages) for source in conversations_of(dump)
+    ]
+    lines = tmp_path / "out.jsonl"
+    # Finished in another order than read, one record missing, a line cut by a killed run.
+    kept = [distilled[2], distilled[0], distilled[3]]
+    lines.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"source": {"pa')
+    found = {c.key: (c.distilled or {}).get("source") for c in Dataset(dump, lines)}
+    assert found == {
+        "r0": distilled[0]["source"],
+        "r1": None,
+        "r2": distilled[2]["source"],
+        "r3": distilled[3]["source"],
+    }
