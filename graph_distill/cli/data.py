@@ -31,6 +31,8 @@ from graph_distill.run.settings import RunSettings
 
 # Conversations are measured on every CPU.
 WORKERS = os.cpu_count() or 1
+# Skipped records named on the terminal; report.json and the page list them all.
+SHOWN_SKIPS = 10
 # The judge calls the distiller's model; how conversations were split is not its business.
 SPLIT_SETTINGS = ("split_method", "max_tokens", "overlap_tokens", "max_turns", "overlap_turns")
 
@@ -116,13 +118,21 @@ def report(**kwargs: Any) -> None:
     figures = analysis.figures
     if not quiet:
         out = kwargs["output"]
+        skipped = figures["inputs"]["skipped"]
         click.echo(
             f"{figures['conversations']:,} conversation(s), {figures['distilled_files']:,} "
-            f"distilled file(s): {out / INDEX_HTML} and {out / REPORT_JSON}",
+            f"distilled file(s), {len(skipped):,} record(s) skipped: {out / INDEX_HTML} and "
+            f"{out / REPORT_JSON}",
             err=True,
         )
-        for skipped in figures["inputs"]["skipped"]:
-            click.echo(f"skipped {skipped}", err=True)
+        _show_skipped(skipped, f"all in {out / REPORT_JSON}")
+
+
+def _show_skipped(skipped: list[str], where: str) -> None:
+    for line in skipped[:SHOWN_SKIPS]:
+        click.echo(f"skipped {line}", err=True)
+    if len(skipped) > SHOWN_SKIPS:
+        click.echo(f"... and {len(skipped) - SHOWN_SKIPS:,} more skipped ({where})", err=True)
 
 
 def _judge(dataset: Dataset, ctx: DistillContext, run_settings: RunSettings) -> dict[str, Any]:
@@ -234,11 +244,13 @@ def export(**kwargs: Any) -> None:
     if not kwargs["quiet"]:
         kept = "written" if card_written else "not written: a file is there already"
         click.echo(
-            f"{count:,} row(s) from {len(profile.rounds):,} conversation(s) in {target.data} "
-            f"({export_format}); card {target.card} {kept}"
+            f"{count:,} row(s) written from {len(profile.rounds):,} conversation(s) in "
+            f"{target.data} ({export_format}), {len(dataset.skipped):,} record(s) skipped; "
+            f"card {target.card} {kept}"
             + "".join(f"; dropped by {name}: {n:,}" for name, n in dropped.items()),
             err=True,
         )
+        _show_skipped(dataset.skipped, "run `graph-distill report` to list them all")
 
 
 def _export_rows(

@@ -32,7 +32,7 @@ from graph_distill.conversation.scenarios import (
 from graph_distill.files.readers import ReadOptions, find_inputs, parse_role_map
 from graph_distill.llm.models import chat_model, describe_error
 from graph_distill.llm.resources import RunResources
-from graph_distill.run.distilling import DistillTarget, distill_inputs
+from graph_distill.run.distilling import DistillTarget, TargetMismatch, distill_inputs
 from graph_distill.run.driver import RunPlan, scenario_settings
 from graph_distill.run.generation import run_conversations
 from graph_distill.run.lock import check_run_free
@@ -242,9 +242,10 @@ main.add_command(run_command())
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
-    help="A .jsonl file (one distilled record per line; re-runs complete it), a .json file "
-    "(one conversation) or a directory (one file per record). Default: ./distilled.",
+    type=click.Path(),
+    help="A .jsonl file (one distilled record per line; re-runs complete it), a directory "
+    "(existing or ending in /, or with -b any name without a suffix: one file per record), or "
+    "any other file for a single record. Default: ./distilled.",
 )
 @click.option("-b", "--batch", is_flag=True, help="Distill every .json/.jsonl/.parquet in -i.")
 @options_from(DatasetSettings, DistillContext)
@@ -272,7 +273,11 @@ def distill(**values: Any) -> None:
         read_options = ReadOptions(parse_role_map(run_settings.role_map), run_settings.id_field)
     except ValueError as error:
         fail(str(error))
-    target = DistillTarget(values["output"], values["batch"])
+    target = DistillTarget.of(values["output"], values["batch"])
+    try:
+        target.check_fits(inputs, read_options)
+    except TargetMismatch as error:
+        fail(str(error))
     require_writable(target.report_dir, "-o/--output")
     quiet = run_settings.quiet
     reporter = choose_record_reporter(quiet=quiet, tty=sys.stderr.isatty())

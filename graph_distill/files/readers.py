@@ -25,10 +25,11 @@ __all__ = [
     "EmptyRecord",
     "InputError",
     "ReadOptions",
+    "Record",
     "SourceConversation",
     "find_inputs",
     "parse_role_map",
-    "read_conversations",
+    "read_conversation",
     "read_records",
 ]
 
@@ -36,6 +37,8 @@ FORMATS_EXPECTED = (
     'expected a graph-distill conversation {"conversation": [...]}, '
     'ShareGPT {"conversations": [...]} or OpenAI chat {"messages": [...]}'
 )
+
+EMPTY = "no message has text"
 
 ROLES = ("user", "assistant", "system", "tool")
 
@@ -101,6 +104,7 @@ class EmptyRecord:
     """A record with no message text: skipped, not failed."""
 
     source: str
+    problem: str = EMPTY
 
 
 @dataclass(frozen=True)
@@ -145,16 +149,18 @@ def read_records(path: str | Path, options: ReadOptions | None = None) -> Iterat
         yield _record(raw, options, single=False)
 
 
-def read_conversations(path: str | Path) -> list[SourceConversation]:
-    """Every conversation in ``path``; InputError (one line) on the first unusable record."""
-    conversations = []
+def read_conversation(path: str | Path) -> SourceConversation:
+    """The conversation of a file that holds one (a saved conversation); InputError (one line)
+    when it is unusable or holds several."""
+    found = None
     for record in read_records(path):
-        if isinstance(record, BadRecord):
+        if not isinstance(record, SourceConversation):
             raise InputError(record.source, record.problem)
-        if isinstance(record, EmptyRecord):
-            raise InputError(record.source, "no message has text")
-        conversations.append(record)
-    return conversations
+        if found is not None:
+            raise InputError(str(path), "holds several conversations, expected one")
+        found = record
+    assert found is not None
+    return found
 
 
 def find_inputs(directory: Path) -> list[Path]:
@@ -190,9 +196,10 @@ def _record(raw: RawRecord, options: ReadOptions, *, single: bool) -> Record:
         return EmptyRecord(label)
     record = raw.value if ours else None
     stem = Path(raw.path).stem
-    if single and (ours or ident is None):
+    if single:
+        # The only record of its file is named after the file, as a conversation file is.
         origin = None if ours else {"path": raw.path, "index": raw.index, "id": ident}
-        return SourceConversation(raw.path, stem, messages, record, origin)
+        return SourceConversation(raw.path if ours else label, stem, messages, record, origin)
     name = ident if ident is not None else f"{stem}_{raw.index}"
     origin = {"path": raw.path, "index": raw.index, "id": ident}
     return SourceConversation(label, name, messages, record, origin, whole_file=False)

@@ -5,7 +5,7 @@ with ``workers`` > 1 it runs in worker processes while files are read and figure
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,10 +13,10 @@ from multiprocessing import get_context
 from typing import Any
 
 from graph_distill.report.citations import Distillation, FileCitations, file_citations
-from graph_distill.report.dataset import Conversation, Dataset, DatasetError
+from graph_distill.report.dataset import Conversation, Dataset, Reference, no_conversations
 from graph_distill.report.profile import Profile
 from graph_distill.report.quality import Quality, QualityMeasure, measure_quality
-from graph_distill.report.reference import UserSide, compare, reference_side
+from graph_distill.report.reference import UserSide, compare
 from graph_distill.report.stats import words
 
 # Conversations handed to the workers ahead of the one being added: enough to keep them busy,
@@ -81,7 +81,7 @@ def _measured(
 def analyze(
     dataset: Dataset,
     *,
-    reference: Sequence[Sequence[dict[str, str]]] | None = None,
+    reference: Reference | None = None,
     sink: Sink | None = None,
     workers: int = 1,
 ) -> Analysis:
@@ -98,20 +98,20 @@ def analyze(
         if sink is not None:
             sink(conversation, measured)
     if not profile.rounds:
-        raise DatasetError(f"-c {dataset.conversations}: no conversations found")
+        raise no_conversations("-c", dataset.conversations, dataset.skipped)
     figures = {
         "generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "inputs": {
             "conversations": str(dataset.conversations),
             "distilled": None if dataset.distilled is None else str(dataset.distilled),
-            "skipped": list(dataset.skipped),
+            "skipped": [*dataset.skipped, *(reference.skipped if reference else [])],
         },
         **profile.figures(dataset.run_reports()),
         **quality.figures(),
         **distillation.figures(),
     }
     if simulated is not None and reference is not None:
-        figures["reference"] = compare(simulated, reference_side(reference))
+        figures["reference"] = compare(simulated, reference.side)
     return Analysis(
         figures,
         degenerate=quality.degenerate_keys(),

@@ -15,9 +15,10 @@ from graph_distill.files.readers import (
     InputError,
     SourceConversation,
     find_inputs,
-    read_conversations,
+    read_records,
 )
 from graph_distill.files.writing import RUN_REPORT_NAME, distilled_path
+from graph_distill.report.reference import UserSide
 
 DISTILLED_PREFIX = "distilled_"
 
@@ -81,7 +82,7 @@ class Dataset:
     conversations: Path
     distilled: Path | None = None
     skipped: list[str] = field(default_factory=list)
-    _by_source: dict[str, tuple[Path, int]] | None = None
+    _by_source: dict[str, tuple[Path, int | None, int]] | None = None
     _open: tuple[Path, list[Any]] | None = None
 
     def __post_init__(self) -> None:
@@ -97,16 +98,9 @@ class Dataset:
 
     def __iter__(self) -> Iterator[Conversation]:
         self.skipped.clear()
-        number = 0
-        for path in self.inputs():
-            try:
-                sources = read_conversations(path)
-            except InputError as error:
-                self.skipped.append(str(error))
-                continue
-            for source in sources:
-                yield self._conversation(number, source)
-                number += 1
+        sources = conversations_in(self.conversations, self.inputs(), self.skipped, "-c")
+        for number, source in enumerate(sources):
+            yield self._conversation(number, source)
 
     def run_reports(self) -> list[dict[str, Any]]:
         """The ``run_report.json`` files beside the conversations and the distilled files."""
@@ -139,25 +133,31 @@ class Dataset:
             if named.is_file():
                 data = _load_json(named)
                 return data if isinstance(data, dict) else None
-        found = self._source_index().get(source_key(source.source))
+        found = self._source_index().get(source_key(source.source_value))
         return None if found is None else self._record_at(*found)
 
-    def _record_at(self, path: Path, position: int) -> dict[str, Any] | None:
-        # Records of one file are asked for in order: keep its parsed records until the next.
-        if self._open is None or self._open[0] != path:
-            self._open = (path, _records(path))
-        records = self._open[1]
-        record = records[position] if position < len(records) else None
+    def _record_at(self, path: Path, offset: int | None, position: int) -> dict[str, Any] | None:
+        """The record at a JSON Lines file's byte ``offset``, or at ``position`` in a JSON file
+        (whose records are asked for in order: kept parsed until the next file)."""
+        if offset is not None:
+            record = _line_at(path, offset)
+        else:
+            if self._open is None or self._open[0] != path:
+                self._open = (path, _whole_records(path))
+            records = self._open[1]
+            record = records[position] if position < len(records) else None
         return record if isinstance(record, dict) else None
 
-    def _source_index(self) -> dict[str, tuple[Path, int]]:
-        """source key -> (file, record position) over every distilled file; built once."""
+    def _source_index(self) -> dict[str, tuple[Path, int | None, int]]:
+        """source key -> (file, line offset or None, position) over every distilled file; built
+        once, one record at a time."""
         if self._by_source is None:
             self._by_source = {}
             for path in self._distilled_files():
-                for position, record in enumerate(_records(path)):
+                for offset, position, record in _located_records(path):
                     if isinstance(record, dict) and "source" in record:
-                        self._by_source.setdefault(source_key(record["source"]), (path, position))
+                        key = source_key(record["source"])
+                        self._by_source.setdefault(key, (path, offset, position))
         return self._by_source
 
     def _distilled_files(self) -> list[Path]:
@@ -177,20 +177,52 @@ def source_key(source: Any) -> str:
     return f"{Path(path).name}#{fragment}" if fragment else Path(path).name
 
 
-def read_reference(path: Path) -> list[list[dict[str, str]]]:
-    """The conversations of a reference dataset (any format ``distill`` reads)."""
+def conversations_in(
+    given: Path, inputs: list[Path], skipped: list[str], flag: str
+) -> Iterator[SourceConversation]:
+    """The conversations of ``inputs``, one at a time, as ``distill`` reads them. Each record
+    that is empty or malformed goes to ``skipped`` (place, id and why) and the rest go on; so
+    does a file of a directory that is unusable as a whole. When ``given`` is that file,
+    DatasetError (one line)."""
+    for path in inputs:
+        try:
+            for record in read_records(path):
+                if isinstance(record, SourceConversation):
+                    yield record
+                else:
+                    skipped.append(f"{record.source}: {record.problem}")
+        except InputError as error:
+            if not given.is_dir():
+                raise DatasetError(f"{flag} {error}") from None
+            skipped.append(str(error))
+
+
+def no_conversations(flag: str, path: Path, skipped: list[str]) -> DatasetError:
+    why = f" ({len(skipped):,} record(s) skipped, first: {skipped[0]})" if skipped else ""
+    return DatasetError(f"{flag} {path}: no conversations found{why}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The users of a reference dataset, measured as it was read, and what was skipped."""
+
+    side: UserSide
+    conversations: int
+    skipped: list[str]
+
+
+def read_reference(path: Path) -> Reference:
+    """The users of a reference dataset (any format ``distill`` reads), one record at a time."""
     if not path.exists():
         raise DatasetError(f"--reference {path}: no such file or directory")
     inputs = find_inputs(path) if path.is_dir() else [path]
-    conversations = []
-    for one in inputs:
-        try:
-            conversations.extend(source.messages for source in read_conversations(one))
-        except InputError as error:
-            raise DatasetError(f"--reference {error}") from None
-    if not conversations:
-        raise DatasetError(f"--reference {path}: no conversations")
-    return conversations
+    side, skipped, count = UserSide(), [], 0
+    for source in conversations_in(path, inputs, skipped, "--reference"):
+        side.add(source.messages)
+        count += 1
+    if not count:
+        raise no_conversations("--reference", path, skipped)
+    return Reference(side, count, [f"--reference {line}" for line in skipped])
 
 
 def _load_json(path: Path) -> Any:
@@ -200,21 +232,45 @@ def _load_json(path: Path) -> Any:
         return None
 
 
-def _records(path: Path) -> list[Any]:
-    """The distilled records of a file: one JSON object, a JSON list, or JSON Lines."""
+def _is_json_lines(path: Path) -> bool:
+    """Whether the first line that is not blank is a whole JSON object."""
+    try:
+        with open(path, "rb") as stream:
+            line = next((line for line in stream if line.strip()), b"")
+        return isinstance(json.loads(line), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _located_records(path: Path) -> Iterator[tuple[int | None, int, Any]]:
+    """(line offset or None, position, record) of each distilled record of a file: JSON Lines
+    read line by line, or one JSON object or list."""
+    if not _is_json_lines(path):
+        for position, record in enumerate(_whole_records(path)):
+            yield None, position, record
+        return
+    offset = 0
+    with open(path, "rb") as stream:
+        for position, line in enumerate(stream):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                record = None
+            yield offset, position, record
+            offset += len(line)
+
+
+def _line_at(path: Path, offset: int) -> Any:
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            return json.loads(stream.readline())
+    except (OSError, ValueError):
+        return None
+
+
+def _whole_records(path: Path) -> list[Any]:
     data = _load_json(path)
     if isinstance(data, list):
         return data
-    if data is not None:
-        return [data]
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return []
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line) if line.strip() else None)
-        except json.JSONDecodeError:
-            records.append(None)
-    return records
+    return [] if data is None else [data]

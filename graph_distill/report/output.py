@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from graph_distill.files.writing import write_json_atomic
 from graph_distill.report.build import Analysis, analyze
-from graph_distill.report.dataset import Dataset
+from graph_distill.report.dataset import Dataset, Reference
 from graph_distill.report.page import render_page
 from graph_distill.report.plots import report_plots
 from graph_distill.report.viewer import ViewerWriter
@@ -21,7 +21,7 @@ def write_report(
     dataset: Dataset,
     out_dir: Path,
     *,
-    reference: Sequence[Sequence[dict[str, str]]] | None = None,
+    reference: Reference | None = None,
     judge: Callable[[Dataset], dict[str, Any]] | None = None,
     workers: int = 1,
 ) -> Analysis:

@@ -31,6 +31,9 @@ SHINGLE_WORDS = 5
 SHINGLE_SAMPLE = 4
 MIN_SAMPLED_SHINGLES = 200
 _MASK32 = 0xFFFFFFFF
+# Word pairs of this many conversations are merged into their distinct values, so that
+# distinct-2 holds the dataset's distinct pairs, not every pair it has.
+COMPACT_EVERY = 256
 
 
 def pair_hashes(tokens: Sequence[str]) -> list[int]:
@@ -180,7 +183,10 @@ class Quality:
             self.flagged.append((key, round(degenerate_share, 4)))
         self.shares.append(degenerate_share)
         for role, role_pairs in measure.role_pairs.items():
-            self.pairs.setdefault(role, []).append(role_pairs)
+            held = self.pairs.setdefault(role, [])
+            held.append(role_pairs)
+            if len(held) >= COMPACT_EVERY:
+                self.pairs[role] = [distinct(np.concatenate(held))]
             self.pair_totals[role] = self.pair_totals.get(role, 0) + measure.role_totals[role]
         self.signatures.append((len(self.keys), measure.signature))
         self.keys.append(key)

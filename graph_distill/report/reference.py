@@ -4,7 +4,7 @@ with the same measures on both sides."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,13 +69,6 @@ def compare(simulated: UserSide, real: UserSide) -> dict[str, Any]:
             ),
         },
     }
-
-
-def reference_side(conversations: Sequence[Sequence[dict[str, str]]]) -> UserSide:
-    side = UserSide()
-    for messages in conversations:
-        side.add(messages)
-    return side
 
 
 def _typo_candidate(word: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from graph_distill.files.outputs import (
     JsonlOutput,
     OutputMismatch,
     OutputNames,
+    record_key,
     setting_differences,
 )
 from graph_distill.files.readers import (
@@ -25,6 +27,7 @@ from graph_distill.files.readers import (
     EmptyRecord,
     InputError,
     ReadOptions,
+    Record,
     SourceConversation,
     read_records,
 )
@@ -46,7 +49,6 @@ from graph_distill.run.summary import (
     stop_on_write_error,
 )
 
-EMPTY = "no message has text"
 DEFAULT_OUTPUT_DIR = Path("distilled")
 
 
@@ -174,34 +176,80 @@ async def distill_record(
     return distilled_data(source.source_value, result, ctx, model_name(ctx, "distill"))
 
 
+JSONL, DIRECTORY, FILE = "jsonl", "directory", "file"
+
+
+class TargetMismatch(ValueError):
+    """``-o`` names one file but the inputs hold several records (one plain line)."""
+
+
 @dataclass(frozen=True)
 class DistillTarget:
-    """``-o``: a JSON Lines file (``.jsonl``), one file for a single conversation (``.json``
-    without ``-b``) or a directory (default ``./distilled``)."""
+    """Where ``distill`` writes: a JSON Lines file (``-o x.jsonl``), a directory (``-o`` an
+    existing directory or ending in ``/``; with ``-b``, any ``-o`` without a suffix), or the one
+    file ``-o`` names (for exactly one record). Without ``-o``: ``./distilled``, a record that is
+    its file's only one named after the file. Nothing else is read or written."""
 
     output: Path | None
-    batch: bool
+    kind: str
+
+    @classmethod
+    def of(cls, output: str | None, batch: bool) -> DistillTarget:
+        if output is None:
+            return cls(None, DIRECTORY)
+        path = Path(output)
+        if path.suffix.lower() == ".jsonl":
+            return cls(path, JSONL)
+        if output.endswith(("/", os.sep)) or path.is_dir() or (batch and not path.suffix):
+            return cls(path, DIRECTORY)
+        return cls(path, FILE)
 
     @property
     def jsonl(self) -> bool:
-        return self.output is not None and self.output.suffix.lower() == ".jsonl"
+        return self.kind == JSONL
 
     @property
     def single_file(self) -> bool:
-        return self.output is not None and not self.batch and self.output.suffix == ".json"
+        return self.kind == FILE
 
     @property
     def directory(self) -> Path:
-        if self.output is None or self.jsonl or self.single_file:
-            return DEFAULT_OUTPUT_DIR
-        return self.output
+        return self.output if self.kind == DIRECTORY and self.output else DEFAULT_OUTPUT_DIR
 
     @property
     def report_dir(self) -> Path:
         """Where ``run_report.json`` goes: beside the output file, or in the directory."""
-        if self.output is not None and (self.jsonl or self.single_file):
+        if self.output is not None and self.kind != DIRECTORY:
             return self.output.parent
         return self.directory
+
+    def check_fits(self, inputs: Sequence[Path], options: ReadOptions) -> None:
+        """TargetMismatch when ``-o`` names one file and ``inputs`` hold several records to
+        distill (counted only then, before any model call)."""
+        if not self.single_file:
+            return
+        assert self.output is not None
+        records = (
+            record
+            for path in inputs
+            for record in _readable(path, options)
+            if isinstance(record, SourceConversation)
+        )
+        if next(records, None) is None or next(records, None) is None:
+            return
+        count = 2 + sum(1 for _ in records)
+        raise TargetMismatch(
+            f"-o {self.output}: {count:,} records to distill do not fit in one file; give a "
+            f".jsonl file (-o {self.output.with_suffix('.jsonl')}) or a directory "
+            f"(-o {self.output.with_suffix('')}/)"
+        )
+
+
+def _readable(path: Path, options: ReadOptions) -> Iterator[Record]:
+    try:
+        yield from read_records(path, options)
+    except InputError:
+        return
 
 
 @dataclass
@@ -268,14 +316,23 @@ class _Job:
             return None
         if isinstance(record, EmptyRecord):
             self.summary.empty += 1
-            self.reporter.skipped(record.source, EMPTY)
+            self.reporter.skipped(record.source, record.problem)
             return None
         if self.sink is not None:
             if self.sink.holds(record.source_value):
                 return self._skip(record)
             return self._to_jsonl(record, self.sink)
         out_path = self._out_path(record)
-        if out_path.exists() and not self.force and self._made_alike(out_path):
+        found = None if self.force else _distilled_at(out_path)
+        if found is not None and not _same_record(found.get("source"), record.source_value):
+            problem = (
+                f"{out_path} holds the notes of another record ({found.get('source')}): give "
+                "another -o, or --force to replace it"
+            )
+            self.summary.failures.append((record.source, problem))
+            self.reporter.failed(record.source, problem)
+            return None
+        if found is not None and self._made_alike(out_path, found):
             return self._skip(record)
         return self._to_file(record, out_path)
 
@@ -284,19 +341,16 @@ class _Job:
         self.reporter.skipped(record.source, ALREADY_DONE)
 
     def _out_path(self, record: SourceConversation) -> Path:
-        if self.target.single_file and record.whole_file and self.target.output is not None:
+        if self.target.single_file and self.target.output is not None:
             return self.target.output
         if record.whole_file and record.origin is None:
             return distilled_path(self.target.directory, record.stem)
         return self.names.claim(record.stem, record.origin)
 
-    def _made_alike(self, out_path: Path) -> bool:
-        """Whether ``out_path`` holds notes made with these settings (else: redo it)."""
-        try:
-            data = json.loads(out_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        found = data.get("metadata") if isinstance(data, dict) else None
+    def _made_alike(self, out_path: Path, data: Mapping[str, Any]) -> bool:
+        """Whether ``data``, the record's file, holds notes made with these settings (else:
+        redo it)."""
+        found = data.get("metadata")
         if not isinstance(found, dict) or not has_notes(data):
             return False
         differences = setting_differences(found, self.settings)
@@ -322,6 +376,22 @@ class _Job:
     def close(self) -> None:
         if self.sink is not None:
             self.sink.close()
+
+
+def _distilled_at(path: Path) -> dict[str, Any] | None:
+    """The distilled record in ``path``; None when there is none (or not one to trust)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "source" in data else None
+
+
+def _same_record(found: Any, source: str | Mapping[str, Any]) -> bool:
+    try:
+        return record_key(found) == record_key(source)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _records(

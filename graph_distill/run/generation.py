@@ -21,7 +21,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from graph_distill.context import PipelineContext
 from graph_distill.conversation.graph import conversation_builder, recursion_limit
 from graph_distill.distill.graph import distill_builder
-from graph_distill.files.readers import read_conversations
+from graph_distill.files.readers import read_conversation
 from graph_distill.llm.models import model_name
 from graph_distill.llm.resources import RunResources, with_resources
 from graph_distill.pipeline import pipeline_builder
@@ -114,7 +114,7 @@ class LocalExecutor:
         if snapshot.created_at is not None and snapshot.values.get("conversation_record"):
             output = await self._stream(None, config, work.label, None)
             return {**snapshot.values, **output}
-        source = read_conversations(path)[0]
+        source = read_conversation(path)
         return await distill_result(
             source.messages,
             self.ctx,

@@ -53,7 +53,7 @@ def test_wild_records_fail_alone_and_keep_their_ids(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "wild.jsonl", WILD)
     out = tmp_path / "out"
     with FakeOpenAIServer() as server:
-        result = invoke(server, "distill", "-i", str(data), "-o", str(out))
+        result = invoke(server, "distill", "-i", str(data), "-o", f"{out}/")
         assert result.exit_code == 1, result.output
         assert (
             f"FAILED {data} line 4 (id odd): message at index 1 has unknown role" in result.output
@@ -79,7 +79,7 @@ def test_wild_records_fail_alone_and_keep_their_ids(tmp_path: Path) -> None:
         assert roles == ["user", "tool", "tool", "assistant"]
         calls = server.calls
         again = invoke(
-            server, "distill", "-i", str(data), "-o", str(out), "--role-map", "narrator=user"
+            server, "distill", "-i", str(data), "-o", f"{out}/", "--role-map", "narrator=user"
         )
         assert again.exit_code == 0, again.output
         assert (
@@ -94,8 +94,8 @@ def test_directory_output_is_redone_when_made_with_other_settings(tmp_path: Path
     data = write_jsonl(tmp_path / "d.jsonl", WILD[:1] + WILD[2:3])
     out = tmp_path / "out"
     with FakeOpenAIServer() as server:
-        assert invoke(server, "distill", "-i", str(data), "-o", str(out)).exit_code == 0
-        other = invoke(server, "distill", "-i", str(data), "-o", str(out), "--max-tokens", "900")
+        assert invoke(server, "distill", "-i", str(data), "-o", f"{out}/").exit_code == 0
+        other = invoke(server, "distill", "-i", str(data), "-o", f"{out}/", "--max-tokens", "900")
     assert other.exit_code == 0
     redoing = f"redoing {out / 'distilled_a.json'}: made with other settings"
     assert f"{redoing} (max_tokens: was 4000, now 900)" in other.output
@@ -222,7 +222,7 @@ def test_parquet_input(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), data)
     out = tmp_path / "out"
     with FakeOpenAIServer() as server:
-        result = invoke(server, "distill", "-i", str(data), "-o", str(out))
+        result = invoke(server, "distill", "-i", str(data), "-o", f"{out}/")
     assert result.exit_code == 0, result.output
     assert [p.name for p in json_files(out)] == [f"distilled_p{n}.json" for n in range(5)]
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from graph_distill.cli.main import main
-from graph_distill.files.readers import read_conversations
+from graph_distill.files.readers import SourceConversation, read_records
 from graph_distill.report.dataset import Dataset
 from graph_distill.report.judge import judge_tasks
 from graph_distill.run.ledger import MIMO_V2_FLASH_PRICES, estimate_cost
@@ -35,6 +35,10 @@ REPORT_KEYS = {
     "citation_validity",
     "raw_chunks",
 }
+
+
+def conversations_of(path: Path) -> list[SourceConversation]:
+    return [r for r in read_records(path) if isinstance(r, SourceConversation)]
 
 
 def invoke(*args: str) -> Result:
@@ -82,9 +86,9 @@ def test_report_lines_up_an_imported_dataset_with_its_distilled_records(tmp_path
     ]
     dump = tmp_path / "dump.jsonl"
     dump.write_text("".join(json.dumps(r) + "\n" for r in records))
-    for source in read_conversations(dump):
+    for source in conversations_of(dump):
         messages = source.messages
-        data = distilled_record(source.source, messages, max_turns=10)
+        data = distilled_record(source.source_value, messages, max_turns=10)
         data["distilled_chunks"][0]["notes"]["core_questions"] = [
             {"text": "vinegar descaling limescale", "turns": [3]}
         ]
@@ -257,11 +261,11 @@ def test_distilled_records_in_one_file_match_by_source(tmp_path: Path) -> None:
     ]
     dump.write_text("".join(json.dumps(r) + "\n" for r in records))
     distilled = [
-        distilled_record(source.source, source.messages) for source in read_conversations(dump)
+        distilled_record(source.source_value, source.messages) for source in conversations_of(dump)
     ]
     # Written elsewhere, from another working directory: the file name and position match.
     for record in distilled:
-        record["source"] = "/elsewhere/" + record["source"]
+        record["source"]["path"] = "/elsewhere/dump.jsonl"
     all_distilled = write_json(tmp_path / "out" / "distilled_all.json", distilled[::-1][:2])
     dataset = Dataset(dump, all_distilled)
     found = {c.key: c.distilled is not None for c in dataset}
@@ -296,3 +300,25 @@ def test_report_sets_simulated_users_beside_a_reference(
     result = invoke(*args, "--reference", str(bad))
     assert result.exit_code == 2
     assert result.output.startswith(f"error: --reference {bad}: not valid JSON")
+
+
+def test_distilled_json_lines_are_looked_up_by_source_in_any_order(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.jsonl"
+    records = [
+        {"id": f"r{n}", "messages": [{"role": "user", "content": f"ask {n}"}]} for n in range(4)
+    ]
+    dump.write_text("".join(json.dumps(r) + "\n" for r in records))
+    distilled = [
+        distilled_record(source.source_value, source.messages) for source in conversations_of(dump)
+    ]
+    lines = tmp_path / "out.jsonl"
+    # Finished in another order than read, one record missing, a line cut by a killed run.
+    kept = [distilled[2], distilled[0], distilled[3]]
+    lines.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"source": {"pa')
+    found = {c.key: (c.distilled or {}).get("source") for c in Dataset(dump, lines)}
+    assert found == {
+        "r0": distilled[0]["source"],
+        "r1": None,
+        "r2": distilled[2]["source"],
+        "r3": distilled[3]["source"],
+    }

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from graph_distill.cli.main import main
-from graph_distill.files.readers import read_conversations
+from graph_distill.files.readers import read_conversation
 from graph_distill.files.writing import RUN_REPORT_NAME, conversation_file
 from graph_distill.run.manifest import db_path, latest_unfinished_run
 from graph_distill.run.remote import thread_id
@@ -90,7 +90,7 @@ def test_run_writes_the_files_of_a_local_run_without_calling_a_model_itself(
     assert len(records) == 2
     for path, record in zip(json_files(conv), records, strict=True):
         assert list(record) == list(conversation_file(record))  # the contract's keys, in order
-        assert read_conversations(path)[0].messages == record["conversation"]
+        assert read_conversation(path).messages == record["conversation"]
         assert record["metadata"]["model"] == SERVER_MODEL  # the server's settings decide
         assert record["metadata"]["usage"]["calls"] >= 2 * record["total_rounds"] - 1
     stems = sorted(f"distilled_{path.stem}" for path in json_files(conv))

@@ -170,7 +170,7 @@ def test_stalled_conversations_are_saved_counted_and_replaced_on_request(
     assert f"{len(files)} stalled" in result.output
 
 
-@pytest.mark.parametrize("output", ["out", "out.jsonl"])
+@pytest.mark.parametrize("output", ["out/", "out.jsonl"])
 def test_distill_writes_no_notes_as_a_failure_and_redoes_it(tmp_path: Path, output: str) -> None:
     from tests.integration.test_cli_distill import dialogue
     from tests.integration.test_cli_distill import invoke as invoke_distill
@@ -179,12 +179,12 @@ def test_distill_writes_no_notes_as_a_failure_and_redoes_it(tmp_path: Path, outp
     data.write_text(
         "\n".join(json.dumps({"id": f"r{n}", "messages": dialogue(4)}) for n in range(2)) + "\n"
     )
-    out = tmp_path / output
+    out = f"{tmp_path}/{output}"
     no_json = RoleResponder(distill=lambda n: "No notes from me.")
     with FakeOpenAIServer(no_json) as server:
-        first = invoke_distill(server, "distill", "-i", str(data), "-o", str(out))
+        first = invoke_distill(server, "distill", "-i", str(data), "-o", out)
     assert first.exit_code == 1 and "no chunk got usable notes" in first.output
     with FakeOpenAIServer(RoleResponder()) as server:
-        again = invoke_distill(server, "distill", "-i", str(data), "-o", str(out))
+        again = invoke_distill(server, "distill", "-i", str(data), "-o", out)
     assert again.exit_code == 0, again.output
     assert "2 record(s) distilled" in again.output

@@ -18,7 +18,7 @@ from graph_distill.files.readers import (
     SourceConversation,
     find_inputs,
     parse_role_map,
-    read_conversations,
+    read_conversation,
     read_records,
 )
 from graph_distill.files.writing import (
@@ -89,7 +89,7 @@ def files_in(directory: Path) -> list[str]:
 @pytest.mark.parametrize(("record", "is_ours"), [(OURS, True), (SHAREGPT, False), (OPENAI, False)])
 def test_single_json_object(tmp_path: Path, record: dict[str, Any], is_ours: bool) -> None:
     path = write_text(tmp_path / "chat.json", json.dumps(record))
-    [conversation] = read_conversations(path)
+    [conversation] = read_records_ok(path)
     origin = None if is_ours else {"path": str(path), "index": 0, "id": None}
     assert conversation == SourceConversation(
         source=str(path),
@@ -104,7 +104,7 @@ def test_single_json_object(tmp_path: Path, record: dict[str, Any], is_ours: boo
 @pytest.mark.parametrize("record", [OURS, SHAREGPT, OPENAI])
 def test_json_list_names_records_by_index(tmp_path: Path, record: dict[str, Any]) -> None:
     path = write_text(tmp_path / "many.json", json.dumps([record] * 10))
-    conversations = read_conversations(path)
+    conversations = read_records_ok(path)
     assert [c.source for c in conversations] == [f"{path} record {n}" for n in range(10)]
     assert [c.stem for c in conversations] == [f"many_{n}" for n in range(10)]
     assert [c.origin for c in conversations] == [
@@ -118,7 +118,7 @@ def test_json_list_names_records_by_index(tmp_path: Path, record: dict[str, Any]
 def test_json_lines_with_blank_lines(tmp_path: Path, record: dict[str, Any]) -> None:
     line = json.dumps(record)
     path = write_text(tmp_path / "lines.jsonl", f"\n{line}\n\n{line}\r\n{line}\n\n")
-    conversations = read_conversations(path)
+    conversations = read_records_ok(path)
     assert [c.stem for c in conversations] == ["lines_0", "lines_1", "lines_2"]
     assert [c.source for c in conversations] == [f"{path} line {n}" for n in (2, 4, 5)]
     assert all(c.messages == EXPECTED_MESSAGES for c in conversations)
@@ -127,22 +127,22 @@ def test_json_lines_with_blank_lines(tmp_path: Path, record: dict[str, Any]) -> 
 
 def test_formats_may_be_mixed_in_one_list(tmp_path: Path) -> None:
     path = write_text(tmp_path / "mixed.json", json.dumps([OURS, SHAREGPT, OPENAI]))
-    conversations = read_conversations(path)
+    conversations = read_records_ok(path)
     assert [c.messages for c in conversations] == [EXPECTED_MESSAGES] * 3
     assert [c.record is not None for c in conversations] == [True, False, False]
 
 
 def test_detection_is_by_content_not_suffix(tmp_path: Path) -> None:
     lines = write_text(tmp_path / "lines.json", f"{json.dumps(OPENAI)}\n{json.dumps(SHAREGPT)}\n")
-    assert [c.stem for c in read_conversations(lines)] == ["lines_0", "lines_1"]
+    assert [c.stem for c in read_records_ok(lines)] == ["lines_0", "lines_1"]
     pretty = write_text(tmp_path / "pretty.jsonl", json.dumps(OURS, indent=2))
-    [conversation] = read_conversations(pretty)
+    [conversation] = read_records_ok(pretty)
     assert (conversation.stem, conversation.source) == ("pretty", str(pretty))
 
 
 def test_single_element_list_keeps_the_file_name(tmp_path: Path) -> None:
     path = write_text(tmp_path / "one.json", json.dumps([OPENAI]))
-    [conversation] = read_conversations(path)
+    [conversation] = read_records_ok(path)
     assert (conversation.source, conversation.stem, conversation.whole_file) == (
         str(path),
         "one",
@@ -153,7 +153,7 @@ def test_single_element_list_keeps_the_file_name(tmp_path: Path) -> None:
 def test_original_format_record_is_kept_whole(tmp_path: Path) -> None:
     record = {**OURS, "id": "abc", "metadata": {"seed": 1}, "extra": [1, 2]}
     path = write_text(tmp_path / "x.json", json.dumps(record, ensure_ascii=False))
-    [conversation] = read_conversations(path)
+    [conversation] = read_records_ok(path)
     assert conversation.record == record
     assert (conversation.source_value, conversation.stem) == (str(path), "x")
 
@@ -169,7 +169,7 @@ def test_ids_name_records_and_go_into_their_origin(tmp_path: Path) -> None:
         {"id": "", **OPENAI},
     ]
     path = write_text(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in rows))
-    conversations = read_conversations(path)
+    conversations = read_records_ok(path)
     assert [c.stem for c in conversations] == ["a/1", "7", "d_2", "d_3"]
     assert [c.origin["id"] for c in conversations if c.origin] == ["a/1", "7", None, None]
     assert conversations[0].source == f"{path} line 1 (id a/1)"
@@ -177,11 +177,12 @@ def test_ids_name_records_and_go_into_their_origin(tmp_path: Path) -> None:
     assert [r.origin["id"] for r in named] == [None, None, "k", None]
 
 
-def test_a_single_record_with_an_id_is_named_by_it(tmp_path: Path) -> None:
+def test_a_single_record_is_named_after_its_file_and_keeps_its_id(tmp_path: Path) -> None:
     path = write_text(tmp_path / "one.json", json.dumps({"id": "x9", **SHAREGPT}))
-    [conversation] = read_conversations(path)
-    assert (conversation.stem, conversation.origin) == (
-        "x9",
+    [conversation] = read_records_ok(path)
+    assert (conversation.stem, conversation.source, conversation.origin) == (
+        "one",
+        f"{path} (id x9)",
         {"path": str(path), "index": 0, "id": "x9"},
     )
 
@@ -192,7 +193,7 @@ def test_a_single_record_with_an_id_is_named_by_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("speaker", "role"), sorted(ROLE_ALIASES.items()))
 def test_every_alias(tmp_path: Path, speaker: str, role: str) -> None:
     record = {"conversations": [{"from": speaker.upper(), "value": "text"}]}
-    [conversation] = read_conversations(write_text(tmp_path / "a.json", json.dumps(record)))
+    [conversation] = read_records_ok(write_text(tmp_path / "a.json", json.dumps(record)))
     assert conversation.messages == [{"role": role, "content": "text"}]
 
 
@@ -206,7 +207,7 @@ def test_system_and_tool_messages_are_kept_in_place(tmp_path: Path) -> None:
             {"from": "gpt", "value": "same role twice"},
         ]
     }
-    [conversation] = read_conversations(write_text(tmp_path / "t.json", json.dumps(record)))
+    [conversation] = read_records_ok(write_text(tmp_path / "t.json", json.dumps(record)))
     roles = [m["role"] for m in conversation.messages]
     assert roles == ["system", "assistant", "tool", "tool", "assistant"]
 
@@ -265,7 +266,7 @@ def test_content_parts_join_text_and_skip_other_parts(tmp_path: Path) -> None:
             {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]},
         ]
     }
-    [conversation] = read_conversations(write_text(tmp_path / "o.json", json.dumps(record)))
+    [conversation] = read_records_ok(write_text(tmp_path / "o.json", json.dumps(record)))
     assert conversation.messages == [
         {"role": "user", "content": "look at\nthis picture"},
         {"role": "assistant", "content": "nice"},
@@ -281,7 +282,7 @@ def test_empty_messages_are_dropped(tmp_path: Path) -> None:
             {"role": "assistant", "content": "ok"},
         ]
     }
-    [conversation] = read_conversations(write_text(tmp_path / "e.json", json.dumps(record)))
+    [conversation] = read_records_ok(write_text(tmp_path / "e.json", json.dumps(record)))
     assert conversation.messages == [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "ok"},
@@ -311,12 +312,12 @@ def test_utf8_bom_and_non_ascii_are_read(tmp_path: Path) -> None:
     ):
         path = tmp_path / name
         path.write_bytes(b"\xef\xbb\xbf" + text.encode())
-        assert read_conversations(path)[0].messages == [{"role": "user", "content": "机器学习"}]
+        assert read_records_ok(path)[0].messages == [{"role": "user", "content": "机器学习"}]
 
 
 def test_accepts_str_path(tmp_path: Path) -> None:
     path = write_text(tmp_path / "s.json", json.dumps(OPENAI))
-    [conversation] = read_conversations(str(path))
+    [conversation] = read_records_ok(str(path))
     assert conversation.source == str(path)
 
 
@@ -450,10 +451,15 @@ def test_bad_message(tmp_path: Path, record: dict[str, Any], problem: str) -> No
     assert bad_record(write_text(tmp_path / "c.json", json.dumps(record))).problem == problem
 
 
-def test_read_conversations_raises_on_the_first_unusable_record(tmp_path: Path) -> None:
-    path = write_text(tmp_path / "l.json", json.dumps([OPENAI, {"conversations": []}]))
-    with pytest.raises(InputError, match="record 1: no message has text"):
-        read_conversations(path)
+def test_read_conversation_reads_a_file_holding_one(tmp_path: Path) -> None:
+    one = write_text(tmp_path / "one.json", json.dumps(OURS))
+    assert read_conversation(one).messages == EXPECTED_MESSAGES
+    empty = write_text(tmp_path / "e.json", json.dumps({"conversations": []}))
+    with pytest.raises(InputError, match="no message has text"):
+        read_conversation(empty)
+    several = write_text(tmp_path / "l.json", json.dumps([OPENAI, OPENAI]))
+    with pytest.raises(InputError, match="holds several conversations, expected one"):
+        read_conversation(several)
 
 
 def test_error_text_stays_on_one_line(tmp_path: Path) -> None:
@@ -826,7 +832,7 @@ def test_distilled_file_order_and_count() -> None:
 def test_conversation_written_and_read_back(tmp_path: Path) -> None:
     path = write_new_conversation(tmp_path, "ML", WHEN, conversation_file(conversation_record()))
     assert list(json.loads(path.read_text())) == list(conversation_file(conversation_record()))
-    [conversation] = read_conversations(path)
+    [conversation] = read_records_ok(path)
     assert conversation.record == conversation_record()
     assert conversation.messages == conversation_record()["conversation"]
     assert conversation.stem == "ML_20260111_194332"
@@ -867,7 +873,7 @@ def test_parquet_messages_column_with_ids(tmp_path: Path) -> None:
 def test_parquet_sharegpt_column(tmp_path: Path) -> None:
     rows = [{"conversations": [{"from": "human", "value": "q"}, {"from": "bard", "value": "a"}]}]
     path = write_parquet(tmp_path / "s.parquet", rows * 2)
-    assert [r.stem for r in read_conversations(path)] == ["s_0", "s_1"]
+    assert [r.stem for r in read_records_ok(path)] == ["s_0", "s_1"]
 
 
 def test_parquet_without_a_conversation_column(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from graph_distill.report.build import analyze
-from graph_distill.report.dataset import Dataset
+from graph_distill.report.dataset import Dataset, read_reference
 from tests.support.synthetic import item_for, sentence_text, vocabulary, write_json
 
 PRAISE_USER = "Thank you so much, that is wonderful and really helpful for me!"
@@ -150,7 +150,12 @@ def test_reference_users_beside_simulated_ones(crafted: Dataset, tmp_path: Path)
             {"role": "assistant", "content": "Then reinstall."},
         ]
     ]
-    reference = analyze(crafted, reference=real).figures["reference"]
+    path = write_json(tmp_path / "real.json", [{"messages": real[0]}, {"messages": []}])
+    found = read_reference(path)
+    assert found.skipped == [f"--reference {path} record 1: no message has text"]
+    figures = analyze(crafted, reference=found).figures
+    assert figures["inputs"]["skipped"] == found.skipped
+    reference = figures["reference"]
     assert reference["real"]["user_messages"] == 2
     assert reference["real"]["question_share"] == 0.5
     assert reference["simulated"]["user_messages"] == 12 + 12 + 10 + 12
