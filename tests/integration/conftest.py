@@ -59,11 +59,13 @@ CLUSTER_HEARTBEAT = 1.0
 
 
 @pytest.fixture
-def pg_cluster(tmp_path: Path) -> Iterator[list[DevServer]]:
+def pg_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[DevServer]]:
     """Two ``langgraph-api`` processes with 2 jobs each on one PostgreSQL and one Redis, each
     calling a fake model server of its own; a short heartbeat, so that a killed process's runs
-    are re-queued within seconds. Per test: tests kill its processes."""
+    are re-queued within seconds (an indirect parameter sets another; None: the engine's).
+    Per test: tests kill its processes."""
     python = pg_python()
+    heartbeat = getattr(request, "param", CLUSTER_HEARTBEAT)
     with FakeOpenAIServer() as first, FakeOpenAIServer() as second:
         try:
             with pg_cluster_running(
@@ -71,7 +73,7 @@ def pg_cluster(tmp_path: Path) -> Iterator[list[DevServer]]:
                 [first, second],
                 python,
                 jobs_per_worker=2,
-                heartbeat=CLUSTER_HEARTBEAT,
+                heartbeat=heartbeat,
             ) as servers:
                 yield servers
         except ServerStartError as error:

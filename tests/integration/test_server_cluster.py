@@ -199,3 +199,31 @@ def test_a_killed_command_reattaches_and_runs_nothing_twice(
     assert_valid_conversations(conv, 4)
     assert_valid_distilled(dist, 4)
     assert run_statuses(first, run_id, 4) == [["success"]] * 4
+
+
+@pytest.mark.parametrize("pg_cluster", [None], indirect=True, ids=["engine-heartbeat"])
+def test_runs_of_a_lost_process_stall_and_are_named_never_waited_on_for_ever(
+    pg_cluster: list[DevServer], tmp_path: Path
+) -> None:
+    """At the engine's 120 s heartbeat a killed process's runs stay "running" for minutes:
+    past --server-stall-timeout each is named by its thread, cancelled and re-submitted (the
+    re-submitted run waits on the lost worker's heartbeat too), then fails; the command ends
+    with the others saved and the --resume hint."""
+    conv, log = tmp_path / "c", tmp_path / "log"
+    first, second = pg_cluster
+    slow(pg_cluster, LATENCY)
+    args = ["run", "-n", "4", "-j", "4", *ROUNDS, "--no-distill", "--seed", "8"]
+    args += ["-c", str(conv), "--server", first.url, "--server-stall-timeout", "3"]
+    process = start_cli(args, log)
+    wait_for(lambda: second.fake.calls >= 2, "the second process's runs are mid-way")
+    second.kill()
+
+    assert finish(process, log) == 1
+    output = log.read_text()
+    failed = [line for line in output.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 4 - len(json_files(conv)) >= 1
+    assert all("the server's run stalled: " in line and "(thread " in line for line in failed)
+    assert output.count("re-submitted from its last checkpoint") == len(failed)
+    assert "on the server: " in output and " running (longest " in output
+    assert "--resume" in output
+    assert_valid_conversations(conv, 4 - len(failed))
