@@ -44,6 +44,26 @@ SWEPT_LINE = "Swept stale run"
 class Job:
     span: float
     calls: int
+    # CPU seconds the server processes spent on the job, and the machine's busy cores.
+    server_cpu: float = 0.0
+    busy_cores: float = 0.0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK"), sum(values) / os.sysconf("SC_CLK_TCK")
 
 
 def run_args(workdir: Path, tag: str, url: str, count: int = COUNT) -> list[str]:
@@ -76,10 +96,15 @@ def ended(process: subprocess.Popen[str], began: float, fake: FakeOpenAIServer, 
     return Job(span, fake.calls - calls)
 
 
-def one_job(server: DevServer, workdir: Path, tag: str) -> Job:
+def one_job(servers: list[DevServer], workdir: Path, tag: str) -> Job:
+    server, pids = servers[0], [s.process.pid for s in servers if s.process]
+    cpu, (busy, total) = cpu_seconds(pids), machine_busy()
     calls, began = server.fake.calls, time.perf_counter()
     job = ended(start_cli(run_args(workdir, tag, server.url), workdir), began, server.fake, calls)
     assert len(json_files(workdir / f"{tag}-d")) == COUNT, "not every conversation distilled"
+    job.server_cpu = cpu_seconds(pids) - cpu
+    busy_after, total_after = machine_busy()
+    job.busy_cores = os.cpu_count() * (busy_after - busy) / (total_after - total)
     return job
 
 
@@ -95,7 +120,7 @@ def throughput(python: str, fake: FakeOpenAIServer, processes: int, workdir: Pat
         folder, [fake] * processes, python, jobs_per_worker=JOBS_PER_WORKER
     ) as servers:
         warm(servers[0], folder, "warm")
-        return one_job(servers[0], folder, "job")
+        return one_job(servers, folder, "job")
 
 
 def recovery(
@@ -141,7 +166,10 @@ def main() -> None:
         f"chunk each), model latency {options.latency} s, {JOBS_PER_WORKER} jobs per process; "
         f"load average {os.getloadavg()[0]:.2f}"
     )
-    print("processes  span     conv/min  calls  ideal    span/ideal  speed-up (linear)")
+    print(
+        "processes  span     conv/min  calls  ideal    span/ideal  speed-up (linear)  "
+        f"server CPU  busy cores (of {os.cpu_count()})"
+    )
     first_rate = COUNT / jobs[counts[0]].span * 60
     for processes, job in jobs.items():
         per_item = job.calls / COUNT * options.latency
@@ -150,6 +178,7 @@ def main() -> None:
         print(
             f"{processes:<9}  {job.span:6.1f} s {rate:8.1f}  {job.calls:5}  {ideal:6.1f} s "
             f"{job.span / ideal:10.2f}  {rate / first_rate:.2f} ({processes / counts[0]:g})"
+            f"          {job.server_cpu:6.1f} s    {job.busy_cores:.2f}"
         )
     for heartbeat, (requeued, job) in lost.items():
         normal = jobs.get(2)
