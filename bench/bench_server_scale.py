@@ -159,8 +159,14 @@ def main() -> None:
     heartbeats = [float(h) for h in options.heartbeats.split(",") if h]
     with tempfile.TemporaryDirectory() as temp, FakeOpenAIServer(latency=options.latency) as fake:
         workdir = Path(temp)
-        jobs = {p: throughput(options.python, fake, p, workdir) for p in counts}
-        lost = {h: recovery(options.python, fake, h, workdir) for h in heartbeats}
+        jobs = {}
+        for processes in counts:
+            jobs[processes] = throughput(options.python, fake, processes, workdir)
+            print(f"{processes} process(es): {jobs[processes]}", flush=True)
+        lost = {}
+        for heartbeat in heartbeats:
+            lost[heartbeat] = recovery(options.python, fake, heartbeat, workdir)
+            print(f"heartbeat {heartbeat:g} s: {lost[heartbeat]}", flush=True)
     print(
         f"run -n {COUNT} --min-rounds {ROUNDS} --max-rounds {ROUNDS} -j {COUNT} (distilled, one "
         f"chunk each), model latency {options.latency} s, {JOBS_PER_WORKER} jobs per process; "

@@ -347,15 +347,20 @@ async def _new_run(
 
 
 async def _joined(client: LangGraphClient, thread: str, run_id: str) -> dict[str, Any]:
+    """The values of the run's thread once the run succeeded. A join can come back while
+    the run is still unfinished (its worker was lost and the engine re-queued it): join
+    again. The thread's state, not the join's answer, is the output: a join ended by a
+    lost worker answers with the values of that moment."""
     while True:
         try:
             output = await client.runs.join(thread, run_id)
-            break
         except httpx.ReadTimeout:
             continue  # a long run: join again
-    run = await client.runs.get(thread, run_id)
-    if run["status"] == "success" and isinstance(output, dict) and "__error__" not in output:
-        return output
+        run = await client.runs.get(thread, run_id)
+        if run["status"] not in UNFINISHED:
+            break
+    if run["status"] == "success":
+        return dict((await client.threads.get_state(thread))["values"])
     error = output.get("__error__") if isinstance(output, dict) else None
     detail = f": {error.get('error')}: {error.get('message')}" if error else ""
     raise RunFailed(f"the server's run {FAILED_STATUS.get(run['status'], run['status'])}{detail}")
