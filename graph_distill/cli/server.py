@@ -30,7 +30,11 @@ def server_options(
         k: v for k, v in typed.items() if k in names and k not in model and k not in SERVER_PACED
     }
     server = server_from_options(
-        run_settings.server, run_settings.server_api_key, model, typed.get("requests_per_minute")
+        run_settings.server,
+        run_settings.server_api_key,
+        model,
+        typed.get("requests_per_minute"),
+        stall_timeout=run_settings.server_stall_timeout,
     )
     assert server is not None
     prices = {
@@ -42,7 +46,12 @@ def server_options(
 
 
 def server_from_options(
-    url: str | None, api_key: str | None, model_flags: Mapping[str, Any], rpm: float | None
+    url: str | None,
+    api_key: str | None,
+    model_flags: Mapping[str, Any],
+    rpm: float | None,
+    *,
+    stall_timeout: float | None = None,
 ) -> Server | None:
     """The server of ``--server`` (None: work here); ServerError for options that only a
     local run can honour."""
@@ -61,7 +70,7 @@ def server_from_options(
                 f"{option} cannot be used with --server: the server's environment holds the "
                 "model key and settings"
             )
-    return Server(url.rstrip("/"), api_key or None)
+    return Server(url.rstrip("/"), api_key or None, stall_timeout)
 
 
 def given_settings(model_flags: Mapping[str, Any]) -> tuple[str, ...]:

@@ -7,14 +7,24 @@ and report as a local run.
 Thread ids are UUIDs derived from the run and the item, so a retry or ``--resume`` finds the
 item's thread again: a thread whose run finished gives its output, one still running is joined,
 and only a thread with no run, or whose run failed, gets a new one (it goes on from its last
-checkpoint)."""
+checkpoint).
+
+While the command waits, each run is watched: whether it is queued, running, or waiting on a
+re-queued run (its worker was lost and the engine put it back in the queue), and when its
+thread last got a checkpoint. A run with no new checkpoint past the stall limit is reported by
+its thread id, cancelled and re-submitted from its last checkpoint; a second stall fails the
+item (``--resume`` retries it), so the command never waits without end."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +54,7 @@ from graph_distill.run.ledger import (
     MIMO_V2_FLASH_PRICES,
     CostLedger,
     Prices,
+    format_duration,
 )
 from graph_distill.run.manifest import RunItem
 from graph_distill.run.progress import RecordReporter, Reporter
@@ -58,6 +69,22 @@ FAILED_STATUS = {"error": "failed", "timeout": "timed out", "interrupted": "was 
 SERVER_ERRORS = (LangGraphError, httpx.HTTPError)
 # A join waits for a whole run; it is made again when the read times out.
 CLIENT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=None)
+# The engine's heartbeat (langgraph-api's BG_JOB_HEARTBEAT, overridden by this variable). A
+# lost worker's runs are re-queued once their heartbeat key lapses (2 heartbeats, at least 4 s)
+# and a sweep comes round (every 2 heartbeats): within 4 heartbeats, 6 s at the 1 s minimum.
+HEARTBEAT_ENV = "LG_BG_JOB_HEARTBEAT"
+ENGINE_HEARTBEAT_SECONDS = 120.0
+# So a run silent for 6 heartbeats is stuck, not slow (the engine had its chance).
+STALL_HEARTBEATS = 6
+MIN_STALL_SECONDS = 10.0
+# Checks of a run's state per stall limit, and the longest gap between two.
+CHECKS_PER_LIMIT = 5
+MAX_CHECK_SECONDS = 10.0
+# A stalled run is re-submitted this often before its item fails.
+STALL_RESUBMITS = 1
+# How often the count of what waits on the server is shown (more often with a shorter stall
+# limit).
+PROGRESS_SECONDS = 30.0
 
 
 class ServerError(Exception):
@@ -69,10 +96,28 @@ class RunFailed(Exception):
     """One item's run ended without output on the server (error, timeout, cancelled)."""
 
 
+class Stalled(Exception):
+    """A run showed no new checkpoint for longer than the stall limit."""
+
+
+def stall_limit(given: float | None, environ: Mapping[str, str] = os.environ) -> float:
+    """``--server-stall-timeout``, else 6 engine heartbeats (LG_BG_JOB_HEARTBEAT as set here,
+    which should be the server's; 120 s unless set): 720 s by default."""
+    if given is not None:
+        return given
+    try:
+        heartbeat = max(float(environ.get(HEARTBEAT_ENV, "")), 1.0)
+    except ValueError:
+        heartbeat = ENGINE_HEARTBEAT_SECONDS
+    return max(STALL_HEARTBEATS * heartbeat, MIN_STALL_SECONDS)
+
+
 @dataclass(frozen=True)
 class Server:
     url: str
     api_key: str | None = field(default=None, repr=False)
+    # --server-stall-timeout; None: derived from the heartbeat (stall_limit).
+    stall_timeout: float | None = None
 
     def client(self) -> LangGraphClient:
         # No pool timeout: with -j above the client's connection limit, joins wait their turn.
@@ -130,6 +175,119 @@ async def check_server(server: Server, client: LangGraphClient, graph_id: str) -
         raise ServerError(f"the server {server.url} serves no {graph_id!r} graph")
 
 
+QUEUED, RUNNING, REQUEUED = "queued", "running", "waiting on a re-queued run"
+
+
+@dataclass
+class Waiting:
+    """One item's run as last seen on the server."""
+
+    label: str
+    state: str
+    since: float
+    # When the run last showed progress (started, or a new checkpoint), and that checkpoint.
+    progress_at: float
+    checkpoint: str | None = None
+
+
+class ServerWatch:
+    """What each item's run is doing on the server: changes worth a line (a run re-queued, a
+    stall) as they happen, and every PROGRESS_SECONDS how many runs are queued, running or
+    waiting on a re-queued run, with the longest waits."""
+
+    def __init__(self, reporter: Reporter, stall_seconds: float) -> None:
+        self.reporter = reporter
+        self.stall_seconds = stall_seconds
+        self.check_seconds = min(stall_seconds / CHECKS_PER_LIMIT, MAX_CHECK_SECONDS)
+        self.progress_seconds = min(PROGRESS_SECONDS, stall_seconds)
+        self.waiting: dict[str, Waiting] = {}
+
+    @asynccontextmanager
+    async def showing(self) -> AsyncIterator[None]:
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            with suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.progress_seconds)
+            if line := self.summary():
+                self.reporter.note(line)
+
+    def summary(self) -> str:
+        """``on the server: 2 queued (longest 41.0 s), 4 running, 1 waiting on a re-queued
+        run (#3 ToolUsage 12.0 s)``; empty when nothing waits."""
+        now = time.monotonic()
+        parts = []
+        for state in (QUEUED, RUNNING, REQUEUED):
+            items = sorted(
+                (w for w in self.waiting.values() if w.state == state), key=lambda w: w.since
+            )
+            if not items:
+                continue
+            longest = format_duration(now - items[0].since)
+            detail = (
+                ", ".join(f"{w.label} {format_duration(now - w.since)}" for w in items[:3])
+                if state == REQUEUED
+                else f"longest {longest}"
+            )
+            parts.append(f"{len(items)} {state} ({detail})")
+        return f"on the server: {', '.join(parts)}" if parts else ""
+
+    async def join(
+        self, client: LangGraphClient, thread: str, run_id: str, label: str, resubmitted: bool
+    ) -> dict[str, Any]:
+        """The run's output once it ends (RunFailed without one); Stalled when it shows no new
+        checkpoint past the limit while running, or, ``resubmitted``, while waiting to start."""
+        now = time.monotonic()
+        state = REQUEUED if resubmitted else QUEUED
+        self.waiting[thread] = Waiting(label, state, since=now, progress_at=now)
+        joining = asyncio.ensure_future(_joined(client, thread, run_id))
+        try:
+            while not (await asyncio.wait({joining}, timeout=self.check_seconds))[0]:
+                await self._check(client, thread, run_id, resubmitted)
+        finally:
+            self.waiting.pop(thread, None)
+            joining.cancel()
+            with suppress(asyncio.CancelledError):
+                await joining
+        return joining.result()
+
+    async def _check(
+        self, client: LangGraphClient, thread: str, run_id: str, resubmitted: bool
+    ) -> None:
+        status = (await client.runs.get(thread, run_id))["status"]
+        waiting, now = self.waiting[thread], time.monotonic()
+        if status == "running":
+            checkpoint = (await client.threads.get_state(thread))["checkpoint"]["checkpoint_id"]
+            if waiting.state != RUNNING or checkpoint != waiting.checkpoint:
+                waiting.progress_at, waiting.checkpoint = now, checkpoint
+            self._enter(waiting, RUNNING, now)
+        elif status == "pending" and waiting.state == RUNNING:
+            self._enter(waiting, REQUEUED, now)
+            waiting.progress_at = now  # the engine took it back: its queue decides now
+            self.reporter.note(
+                f"{waiting.label}: its worker was lost; the server re-queued the run "
+                f"(thread {thread})"
+            )
+        silent = now - waiting.progress_at
+        counts = waiting.state == RUNNING or (waiting.state == REQUEUED and resubmitted)
+        if counts and silent > self.stall_seconds:
+            raise Stalled(
+                f"no new checkpoint for {format_duration(silent)} while "
+                f"{waiting.state} (thread {thread}, run {run_id})"
+            )
+
+    @staticmethod
+    def _enter(waiting: Waiting, state: str, now: float) -> None:
+        if waiting.state != state:
+            waiting.state, waiting.since = state, now
+
+
 async def thread_output(
     client: LangGraphClient,
     graph_id: str,
@@ -138,40 +296,71 @@ async def thread_output(
     *,
     context: dict[str, Any],
     config: dict[str, Any],
+    watch: ServerWatch,
+    label: str,
 ) -> dict[str, Any]:
     """The output of ``graph_id`` on ``thread``: taken from a finished run, joined from one
-    in flight, or from a run started now (RunFailed when it ends without output)."""
+    in flight, or from a run started now (RunFailed when it ends without output). A stalled
+    run is cancelled and re-submitted from its last checkpoint, STALL_RESUBMITS times."""
     await client.threads.create(thread_id=thread, if_exists="do_nothing", graph_id=graph_id)
-    latest = await client.runs.list(thread, limit=1)
-    if latest and latest[0]["status"] == "success":
-        return dict((await client.threads.get_state(thread))["values"])
-    if latest and latest[0]["status"] in UNFINISHED:
-        run_id = latest[0]["run_id"]
-    else:
-        state = await client.threads.get_state(thread)
-        run = await client.runs.create(
-            thread,
-            graph_id,
-            # A failed run left checkpoints: go on from them rather than start over.
-            input=None if state["next"] else inputs,
-            context=context,
-            config=config,
-            multitask_strategy="reject",
-        )
-        run_id = run["run_id"]
-    return await _join(client, thread, run_id)
+    for attempt in range(STALL_RESUBMITS + 1):
+        latest = await client.runs.list(thread, limit=1)
+        if latest and latest[0]["status"] == "success":
+            return dict((await client.threads.get_state(thread))["values"])
+        if latest and latest[0]["status"] in UNFINISHED:
+            run_id = latest[0]["run_id"]
+        else:
+            run_id = await _new_run(client, graph_id, thread, inputs, context, config)
+        try:
+            return await watch.join(client, thread, run_id, label, resubmitted=attempt > 0)
+        except Stalled as stall:
+            again = attempt < STALL_RESUBMITS
+            watch.reporter.note(
+                f"{label}: {stall}: "
+                + ("cancelled, re-submitted from its last checkpoint" if again else "cancelled")
+            )
+            await client.runs.cancel(thread, run_id, action="interrupt")
+            if not again:
+                raise RunFailed(f"the server's run stalled: {stall}") from stall
+    raise AssertionError("unreachable")
 
 
-async def _join(client: LangGraphClient, thread: str, run_id: str) -> dict[str, Any]:
+async def _new_run(
+    client: LangGraphClient,
+    graph_id: str,
+    thread: str,
+    inputs: dict[str, Any],
+    context: dict[str, Any],
+    config: dict[str, Any],
+) -> str:
+    state = await client.threads.get_state(thread)
+    run = await client.runs.create(
+        thread,
+        graph_id,
+        # A failed or cancelled run left checkpoints: go on from them rather than start over.
+        input=None if state["next"] else inputs,
+        context=context,
+        config=config,
+        multitask_strategy="reject",
+    )
+    return str(run["run_id"])
+
+
+async def _joined(client: LangGraphClient, thread: str, run_id: str) -> dict[str, Any]:
+    """The values of the run's thread once the run succeeded. A join can come back while
+    the run is still unfinished (its worker was lost and the engine re-queued it): join
+    again. The thread's state, not the join's answer, is the output: a join ended by a
+    lost worker answers with the values of that moment."""
     while True:
         try:
             output = await client.runs.join(thread, run_id)
-            break
         except httpx.ReadTimeout:
             continue  # a long run: join again
-    run = await client.runs.get(thread, run_id)
-    if run["status"] == "success" and isinstance(output, dict) and "__error__" not in output:
-        return output
+        run = await client.runs.get(thread, run_id)
+        if run["status"] not in UNFINISHED:
+            break
+    if run["status"] == "success":
+        return dict((await client.threads.get_state(thread))["values"])
     error = output.get("__error__") if isinstance(output, dict) else None
     detail = f": {error.get('error')}: {error.get('message')}" if error else ""
     raise RunFailed(f"the server's run {FAILED_STATUS.get(run['status'], run['status'])}{detail}")
@@ -203,14 +392,16 @@ async def run_on_server(remote: RemoteRun, reporter: Reporter) -> RunSummary:
             run_id=run_id,
             ledger=CostLedger(plan.prices, budget_tokens=plan.budget_tokens),
         )
-        executor = ServerExecutor(remote, client, summary, reporter)
+        watch = ServerWatch(reporter, stall_limit(remote.server.stall_timeout))
+        executor = ServerExecutor(remote, client, summary, watch)
         settings = {
             **plan.report_settings,
             **_model_report(remote.ctx, remote.given),
             "run_id": run_id,
         }
         with reported(summary, plan.conversation_dir, remote.ctx, settings, RESUME_HINT):
-            await Driver(plan, executor, manifest, summary, reporter).execute()
+            async with watch.showing():
+                await Driver(plan, executor, manifest, summary, reporter).execute()
     return summary
 
 
@@ -238,14 +429,15 @@ class ServerExecutor:
         remote: RemoteRun,
         client: LangGraphClient,
         summary: RunSummary,
-        reporter: Reporter,
+        watch: ServerWatch,
     ) -> None:
         self.remote = remote
+        self.watch = watch
         self.ctx = remote.ctx
         self.distill_model = given_model(remote.ctx, remote.given, "distill")
         self.client = client
         self.summary = summary
-        self.reporter = reporter
+        self.reporter = watch.reporter
         schema = PipelineContext if remote.plan.distill else ConversationContext
         self.context = server_context(remote.ctx, remote.given, schema)
         self.config = {
@@ -284,6 +476,8 @@ class ServerExecutor:
             work.inputs,
             context=self.context,
             config=self.config,
+            watch=self.watch,
+            label=work.label,
         )
 
     def _distillation(self, output: Mapping[str, Any], started: float) -> None:
@@ -303,7 +497,7 @@ class RemoteDistill:
     prices: Prices = MIMO_V2_FLASH_PRICES
 
 
-def server_producer(remote: RemoteDistill, client: LangGraphClient) -> Producer:
+def server_producer(remote: RemoteDistill, client: LangGraphClient, watch: ServerWatch) -> Producer:
     """Records distilled by runs of the server's distill graph, one thread per record (its id
     derived from the record and the settings, so a re-run finds it again)."""
     context = server_context(remote.ctx, remote.given, DistillContext)
@@ -323,6 +517,8 @@ def server_producer(remote: RemoteDistill, client: LangGraphClient) -> Producer:
                 {"conversation": record.messages},
                 context=context,
                 config=config,
+                watch=watch,
+                label=record.source,
             )
         except (RunFailed, *SERVER_ERRORS) as error:
             record_server_failure(summary, reporter, remote.server, record.source, error)
@@ -343,19 +539,24 @@ async def distill_on_server(
     """``distill`` with each record distilled by a run of the server's distill graph."""
     client = remote.server.client()
     await check_server(remote.server, client, "distill")
-    return await distill_inputs(
-        inputs,
-        target,
-        remote.ctx,
-        concurrency=remote.concurrency,
-        force=remote.force,
-        reporter=reporter,
-        read_options=read_options,
-        prices=remote.prices,
-        produce=server_producer(remote, client),
-        model=given_model(remote.ctx, remote.given, "distill"),
-        report_settings={"server": remote.server.url, **_model_report(remote.ctx, remote.given)},
-    )
+    watch = ServerWatch(reporter, stall_limit(remote.server.stall_timeout))
+    async with watch.showing():
+        return await distill_inputs(
+            inputs,
+            target,
+            remote.ctx,
+            concurrency=remote.concurrency,
+            force=remote.force,
+            reporter=reporter,
+            read_options=read_options,
+            prices=remote.prices,
+            produce=server_producer(remote, client, watch),
+            model=given_model(remote.ctx, remote.given, "distill"),
+            report_settings={
+                "server": remote.server.url,
+                **_model_report(remote.ctx, remote.given),
+            },
+        )
 
 
 def _digest(messages: Sequence[Mapping[str, Any]]) -> str:

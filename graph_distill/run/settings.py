@@ -65,8 +65,20 @@ class RunSettings:
         secret=True,
     )
 
+    server_stall_timeout: float | None = setting(
+        None,
+        "With --server: a run showing no new checkpoint for this many seconds is reported by "
+        "its thread id, cancelled and re-submitted from its last checkpoint; a second stall "
+        "fails the conversation (--resume retries it). Default: 6 times the engine's heartbeat "
+        "LG_BG_JOB_HEARTBEAT as set in this environment (120 s unless set), at least 10 s.",
+        flag="--server-stall-timeout",
+        above=0,
+    )
+
     def check(self) -> None:
         check_bounds(self)
+        if self.server_stall_timeout is not None and not self.server:
+            raise SettingError("--server-stall-timeout works with --server only")
         if self.server and getattr(self, "replace_stalled", False):
             raise SettingError("--replace-stalled works on local runs only, not with --server")
         if self.server and not self.server.startswith(("http://", "https://")):
