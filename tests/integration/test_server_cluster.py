@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from graph_distill.files.readers import read_conversations
+from graph_distill.files.readers import read_conversation
 from graph_distill.run.manifest import latest_unfinished_run
 from graph_distill.run.remote import thread_id
 from tests.support.agent_server import DevServer
@@ -74,7 +74,7 @@ def assert_valid_conversations(conv: Path, count: int) -> list[dict[str, Any]]:
     records = []
     for path in paths:
         record = json.loads(path.read_text())
-        (conversation,) = read_conversations(path)
+        conversation = read_conversation(path)
         assert conversation.messages == record["conversation"]
         assert record["conversation"][-1]["role"] == "assistant"
         assert record["total_rounds"] == 3
