@@ -221,36 +221,48 @@ async def respond(
         *window(messages, ctx.history_budget_tokens, ctx.history_cut_step),
     ]
     usage = empty_usage()
-    for _ in range(ctx.max_role_retries + 1):
-        async with node_resources(config, ctx) as resources:
-            model = chat_model(
-                ctx,
-                "assistant",
-                temperature=ctx.assistant_temperature,
-                max_tokens=ctx.max_output_tokens,
-                resources=resources,
-            )
+    async with node_resources(config, ctx) as resources:
+        model = chat_model(
+            ctx,
+            "assistant",
+            temperature=ctx.assistant_temperature,
+            max_tokens=ctx.max_output_tokens,
+            resources=resources,
+        )
+        for _ in range(ctx.max_role_retries + 1):
             reply = await _ask(model, prompt, penalty)
-        usage = add_usage(usage, usage_of(reply))
-        text = finished_text(reply).strip()
-        if text:
-            rounds = state.get("rounds", 0) + 1
-            runtime.stream_writer(
-                Progress(kind="round_done", rounds=rounds, target_rounds=state["target_rounds"])
-            )
-            prints = state.get("round_prints", [])
-            seen = observe(rounds, messages[-1].text, text, prints, ctx)
-            after = {**state, "rounds": rounds, "round_prints": keep_recent(prints, [seen])}
-            next_step, stall = _verdict(after, ctx)
-            return {
-                "conversation_messages": [AIMessage(text, id=f"m{len(messages)}")],
-                "rounds": rounds,
-                "round_prints": [seen],
-                "conversation_usage": usage,
-                "next_step": next_step,
-                "stall_reason": stall,
-            }
+            usage = add_usage(usage, usage_of(reply))
+            text = finished_text(reply).strip()
+            if text:
+                return _round_done(state, runtime, text, usage)
     raise EmptyReplyError("the assistant model kept answering with an empty message")
+
+
+def _round_done(
+    state: ConversationState,
+    runtime: Runtime[ConversationContext],
+    text: str,
+    usage: Usage,
+) -> dict[str, Any]:
+    """The state update of a round the assistant's ``text`` ends, with its routing verdict."""
+    ctx = _context(runtime)
+    messages = state["conversation_messages"]
+    rounds = state.get("rounds", 0) + 1
+    runtime.stream_writer(
+        Progress(kind="round_done", rounds=rounds, target_rounds=state["target_rounds"])
+    )
+    prints = state.get("round_prints", [])
+    seen = observe(rounds, messages[-1].text, text, prints, ctx)
+    after = {**state, "rounds": rounds, "round_prints": keep_recent(prints, [seen])}
+    next_step, stall = _verdict(after, ctx)
+    return {
+        "conversation_messages": [AIMessage(text, id=f"m{len(messages)}")],
+        "rounds": rounds,
+        "round_prints": [seen],
+        "conversation_usage": usage,
+        "next_step": next_step,
+        "stall_reason": stall,
+    }
 
 
 def _verdict(state: Mapping[str, Any], ctx: ConversationContext) -> tuple[Route, str | None]:
