@@ -5,18 +5,21 @@ run checkpointed by the previous release's saver is refused in one line."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.graph import conversation_builder
 from graph_distill.run import checkpoints
+from graph_distill.run import manifest as manifest_module
 from graph_distill.run.checkpoints import missing_internals, open_checkpointer
 from graph_distill.run.manifest import (
     PREVIOUS_ITEMS_TABLE,
@@ -113,7 +116,7 @@ async def test_a_saver_without_what_ours_needs_falls_back_to_stock_in_one_line(
     assert missing_internals(WithoutDeltaHistory) == "AsyncSqliteSaver.aget_delta_channel_history"
     monkeypatch.setattr(checkpoints, "AsyncSqliteSaver", WithoutDeltaHistory)
     async with open_checkpointer(tmp_path / "runs.sqlite", stock=False) as saver:
-        assert isinstance(saver, WithoutDeltaHistory)
+        assert isinstance(saver, checkpoints.WholeWritesSaver)
         # The stock saver opens its own connection: not in WAL mode as ours is.
         async with saver.conn.execute("PRAGMA journal_mode") as cursor:
             assert (await cursor.fetchone()) != ("wal",)
@@ -146,3 +149,28 @@ async def test_a_run_of_the_previous_release_is_refused_in_one_line(tmp_path: Pa
             await manifest.get(run.run_id)
     assert "\n" not in str(raised.value)
     assert "start a new run" in str(raised.value)
+
+
+@pytest.mark.parametrize("stock", [False, True])
+async def test_a_cancelled_checkpoint_write_leaves_the_database_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stock: bool
+) -> None:
+    # A run stopping cancels its conversations, some in the middle of a checkpoint write: the
+    # write's INSERT runs in the connection's thread anyway, and without its commit the
+    # manifest (another connection on the same file) would wait out the busy timeout and
+    # fail with "database is locked".
+    monkeypatch.setattr(manifest_module, "BUSY_TIMEOUT_SECONDS", 1.0)
+    checkpoint = empty_checkpoint()
+    async with (
+        open_manifest(tmp_path) as manifest,
+        open_checkpointer(db_path(tmp_path), stock=stock) as saver,
+    ):
+        await manifest.create({}, 1, "run-1")
+        config: Any = {"configurable": {"thread_id": THREAD, "checkpoint_ns": ""}}
+        write = asyncio.ensure_future(saver.aput(config, checkpoint, {}, {}))
+        await asyncio.sleep(0)
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        await manifest.mark_complete("run-1")
+    assert rows(tmp_path, "SELECT count(*) FROM checkpoints") == [(1,)]
