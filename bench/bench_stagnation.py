@@ -79,10 +79,15 @@ async def quality() -> None:
             f"previous rule: {baseline_flags(t.users, t.assistants)}"
         )
     healthy_rounds = sum(t.rounds for t in healthy)
+    styled = 0
     for t in healthy:
         result = await replay(t)
         switches += len(result.switch_rounds())
         base_switches += len(baseline_flags(t.users, t.assistants))
+        # The same users with every persona and the style channel at its full rate, typos too.
+        styled += len(
+            (await replay(t, style_rate=1.0, persona=None, typo_rate=0.12)).switch_rounds()
+        )
     print(f"recall (caught within {CATCH_WITHIN_ROUNDS} rounds of the loop's start):")
     print(f"  detector {caught}/{len(degenerate)}, previous rule {base_caught}/{len(degenerate)}")
     print(
@@ -92,7 +97,8 @@ async def quality() -> None:
     per_100 = 100 / healthy_rounds
     print(
         f"  detector {switches * per_100:.1f} ({switches}), "
-        f"previous rule {base_switches * per_100:.1f} ({base_switches})"
+        f"previous rule {base_switches * per_100:.1f} ({base_switches}); with personas, the "
+        f"style channel and typos: {styled * per_100:.1f} ({styled})"
     )
 
 

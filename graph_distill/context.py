@@ -228,6 +228,30 @@ class ConversationContext(ModelContext):
         maximum=1.0,
         resume=True,
     )
+    style_rate: float = setting(
+        1.0,
+        "Scale of the style channel (lower-case starts, no closing punctuation, a lower-case "
+        '"i", no greetings or sign-offs, run-on sentences) on user messages: 1 applies the '
+        "shares measured on real ShareGPT users, 0 turns it off. Typos are --typo-rate's.",
+        flag="--style-rate",
+        minimum=0.0,
+        maximum=1.0,
+        resume=True,
+    )
+    persona: str | None = setting(
+        None,
+        "Give every conversation this user persona (a name from the built-in table or "
+        "--personas-file). Default: each conversation draws one by weight, from its seed.",
+        flag="--persona",
+        resume=True,
+    )
+    personas_file: str | None = setting(
+        None,
+        "JSON or YAML file of user personas (name, weight, description and the traits "
+        "expertise, verbosity, tone, disclosure, english, patience) used instead of the "
+        "built-in table.",
+        flag="--personas-file",
+    )
     user_temperature: float = setting(0.9, "Sampling temperature of the simulated user.", minimum=0)
     assistant_temperature: float = setting(0.7, "Sampling temperature of the assistant.", minimum=0)
     max_output_tokens: int = setting(1024, "Most tokens one chat reply may have.", minimum=1)

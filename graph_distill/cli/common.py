@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from graph_distill.context import SettingError
+from graph_distill.conversation.personas import PersonaError
 from graph_distill.conversation.scenarios import ScenarioError
 from graph_distill.files.writing import ensure_writable_dir
 from graph_distill.llm.local_model import LocalModelError
@@ -65,6 +66,7 @@ def plain_errors(interrupted: str = "error: interrupted") -> Iterator[None]:
         ConfigError,
         LocalModelError,
         ScenarioError,
+        PersonaError,
         FatalRunError,
         ResumeError,
         SettingError,

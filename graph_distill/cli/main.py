@@ -24,6 +24,7 @@ from graph_distill.context import (
     PipelineContext,
     recorded,
 )
+from graph_distill.conversation.personas import persona_pool, pool_digest
 from graph_distill.conversation.scenarios import (
     Scenario,
     load_scenarios_file,
@@ -182,7 +183,11 @@ def _run_plan(run_settings: GenerationSettings, ctx: PipelineContext) -> RunPlan
     """A new run's plan; with --resume, the plan finishing the latest unfinished run of the
     conversation directory (ResumeError when there is none or it had other settings)."""
     pool = _scenario_pool(run_settings.scenario, run_settings.scenarios_file)
-    derived = scenario_settings(pool)
+    personas = persona_pool(ctx.persona, ctx.personas_file)
+    derived = {
+        **scenario_settings(pool),
+        "--personas-file (the personas' traits)": pool_digest(personas),
+    }
     if run_settings.resume:
         previous = latest_unfinished_run(run_settings.conversation_dir)
         if previous is None:
@@ -210,6 +215,7 @@ def _run_plan(run_settings: GenerationSettings, ctx: PipelineContext) -> RunPlan
         conversation_dir=run_settings.conversation_dir,
         distilled_dir=run_settings.distilled_dir,
         scenarios=pool,
+        personas=personas,
         seed=run_settings.seed,
         concurrency=run_settings.concurrency,
         distill=not run_settings.no_distill,

@@ -29,7 +29,15 @@ from langgraph.runtime import Runtime
 
 from graph_distill.context import ConversationContext
 from graph_distill.conversation.history import flipped, window
-from graph_distill.conversation.noise import noise_user_message
+from graph_distill.conversation.noise import NoiseResult, noise_user_message
+from graph_distill.conversation.personas import (
+    TurnAsk,
+    first_message,
+    persona_pool,
+    persona_prompt,
+    pick_persona,
+    turn_ask,
+)
 from graph_distill.conversation.roles import clean_user_text, role_break
 from graph_distill.conversation.scenarios import Scenario, builtin_scenarios, pick_scenario
 from graph_distill.conversation.stagnation import (
@@ -40,6 +48,7 @@ from graph_distill.conversation.stagnation import (
     stems,
 )
 from graph_distill.conversation.state import ConversationState, Progress
+from graph_distill.conversation.style import style_user_message
 from graph_distill.files.writing import ChatMessage, ConversationRecord
 from graph_distill.llm.models import chat_model, model_name
 from graph_distill.llm.prompting import load_prompt, render_prompt
@@ -105,9 +114,13 @@ def start(state: ConversationState, runtime: Runtime[ConversationContext]) -> di
     has_scenario = "scenario" in state
     scenario = _scenario(state) if has_scenario else pick_scenario(builtin_scenarios(), rng)
     target_rounds = state.get("target_rounds") or rng.randint(ctx.min_rounds, ctx.max_rounds)
+    persona = state.get("persona") or pick_persona(
+        persona_pool(ctx.persona, ctx.personas_file), seed
+    )
     runtime.stream_writer(Progress(kind="started", target_rounds=target_rounds))
     return {
         "seed": seed,
+        "persona": persona,
         "scenario": scenario.to_record(),
         "topic_words": _topic_words(
             scenario.name, scenario.description, scenario.user_prompt, *scenario.user_followups
@@ -139,12 +152,15 @@ async def simulate_user(
     turn = len(messages)
     breaks: list[dict[str, Any]] = []
     if not messages:
-        text, usage = _scenario(state).user_prompt, empty_usage()
+        text, usage = (
+            first_message(state.get("persona"), _scenario(state).user_prompt),
+            empty_usage(),
+        )
     else:
         async with node_resources(config, ctx) as resources:
             text, usage, breaks = await _write_user_message(state, ctx, resources)
     user_turn = sum(isinstance(m, HumanMessage) for m in messages)
-    noised = noise_user_message(text, seed=state["seed"], user_turn=user_turn, rate=ctx.typo_rate)
+    noised = _user_noise(text, state, ctx, user_turn)
     shown = text if noised is None else noised.text
     runtime.stream_writer(Progress(kind="user_message", turn=turn, text=shown))
     update: dict[str, Any] = {
@@ -158,13 +174,34 @@ async def simulate_user(
     return update
 
 
+def _user_noise(
+    text: str, state: ConversationState, ctx: ConversationContext, user_turn: int
+) -> NoiseResult | None:
+    """Typos (their share is --typo-rate's alone), then the persona's typing style on top; one
+    result listing both kinds of edits, None when the message is sent as written."""
+    seed = state["seed"]
+    typos = noise_user_message(text, seed=seed, user_turn=user_turn, rate=ctx.typo_rate)
+    typed = text if typos is None else typos.text
+    scale = float((state.get("persona") or {}).get("style_scale", 1.0))
+    styled = style_user_message(
+        typed, seed=seed, user_turn=user_turn, rate=ctx.style_rate, persona_scale=scale
+    )
+    if styled is None:
+        return typos
+    return NoiseResult(styled.text, [*(typos.edits if typos else []), *styled.edits])
+
+
 async def _write_user_message(
     state: ConversationState, ctx: ConversationContext, resources: RunResources
 ) -> tuple[str, Usage, list[dict[str, Any]]]:
     """The message, its usage, and the role breaks that made it be written again."""
     scenario = _scenario(state)
+    persona = state.get("persona")
     system = render_prompt(
-        "user_simulator", description=scenario.description, user_prompt=scenario.user_prompt
+        "user_simulator",
+        description=scenario.description,
+        user_prompt=scenario.user_prompt,
+        persona=persona_prompt(persona) if persona else "an ordinary user.",
     )
     view = flipped(
         window(state["conversation_messages"], ctx.history_budget_tokens, ctx.history_cut_step),
@@ -175,6 +212,10 @@ async def _write_user_message(
         steer_prompt = "user_steer_firm" if firm else "user_steer"
         steer = render_prompt(steer_prompt, topic=state["pending_topic"])
         view[-1] = HumanMessage(view[-1].text + steer)
+    user_turn = sum(isinstance(m, HumanMessage) for m in state["conversation_messages"])
+    ask = turn_ask(persona, state["seed"], user_turn)
+    if ask is not None:
+        view[-1] = HumanMessage(view[-1].text + _turn_note(ask))
     prompt = [SystemMessage(system), HumanMessage(load_prompt("user_kickoff")), *view]
     model = chat_model(
         ctx,
@@ -196,6 +237,12 @@ async def _write_user_message(
         breaks.append({"turn": turn, "reason": why})
     fallback = state.get("pending_topic") or _next_followup(state) or "Can you go into more detail?"
     return fallback, usage, breaks
+
+
+def _turn_note(ask: TurnAsk) -> str:
+    paste = load_prompt("user_turn_paste") if ask.paste else ""
+    pushback = load_prompt("user_turn_pushback") if ask.pushback else ""
+    return render_prompt("user_turn", words=ask.words, paste=paste, pushback=pushback).rstrip()
 
 
 def _last_reply_shingles(state: ConversationState) -> list[int] | None:
@@ -373,6 +420,7 @@ async def end_guard(
             "topic_switches": state.get("topic_switches", []),
             "role_breaks": state.get("role_breaks", []),
             "noise": state.get("noise", []),
+            **({"persona": _persona_entry(state["persona"])} if state.get("persona") else {}),
             "usage": add_usage(state.get("conversation_usage"), None),
             **({"stall": stall} if stall else {}),
         },
@@ -383,6 +431,11 @@ async def end_guard(
         "conversation": conversation,
         "conversation_record": record,
     }
+
+
+def _persona_entry(persona: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata.persona``: name, traits and style scale (the description is the table's)."""
+    return {key: value for key, value in persona.items() if key != "description"}
 
 
 def _stall_ending(state: ConversationState) -> dict[str, Any] | None:

@@ -34,6 +34,8 @@ class ConversationInput(TypedDict, total=False):
     conversation_id: str
     seed: int
     target_rounds: int
+    # The user persona's record (personas.py); a missing one is drawn with the seed.
+    persona: dict[str, Any]
 
 
 class ConversationOutput(TypedDict):

@@ -28,7 +28,8 @@ FRUSTRATED = frozenset(
         "wtf",
     }
 )
-_LOWER_I = re.compile(r"(?<![\w'])i(?![\w'])")
+_LOWER_I = re.compile(r"(?<![\w'])i(?![\w]|'[a-z])|(?<![\w'])i(?='(?:m|ll|ve|d)\b)")
+_PRONOUN_I = re.compile(r"(?<![\w'])[iI](?![\w])")
 _FIRST_LETTER = re.compile(r"[^\W\d_]")
 
 
@@ -47,6 +48,17 @@ def ends_unpunctuated(text: str) -> bool | None:
 def has_lower_i(text: str) -> bool:
     """Whether the pronoun is written as a lower-case "i" anywhere."""
     return bool(_LOWER_I.search(text))
+
+
+def has_pronoun_i(text: str) -> bool:
+    """Whether the pronoun "I" (either case, "I'm" and the like included) appears."""
+    return bool(_PRONOUN_I.search(text))
+
+
+def closes_with_sign_off(text: str) -> bool:
+    """Whether one of the last two words is a sign-off ("thanks", "cheers", ...)."""
+    tokens = words(text[-40:])
+    return any(token in SIGN_OFFS for token in tokens[-2:])
 
 
 def opens_with_greeting(text: str) -> bool:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from graph_distill.conversation.style import is_style_edit
 from graph_distill.llm.usage import USAGE_KEYS, add_usage, empty_usage
 from graph_distill.report.dataset import Conversation
 from graph_distill.report.stats import distribution, histogram, share
@@ -42,7 +43,11 @@ class Profile:
         self.user_messages += users
         if "noise" in meta:
             self.noise_recorded += users
-            self.noised += len(conversation.noise())
+            # A typo'd message, not a styled one: --typo-rate keeps its meaning.
+            self.noised += sum(
+                any(not is_style_edit(edit) for edit in n["edits"])
+                for n in conversation.noise().values()
+            )
             self.edit_kinds.update(
                 _edit_kind(edit) for n in conversation.noise().values() for edit in n["edits"]
             )

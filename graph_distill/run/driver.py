@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from graph_distill.context import PipelineContext
+from graph_distill.conversation.personas import Persona, pick_persona
 from graph_distill.conversation.scenarios import Scenario, pick_scenario
 from graph_distill.files.writing import (
     conversation_file,
@@ -50,6 +51,8 @@ class RunPlan:
     distilled_dir: Path
     scenarios: Sequence[Scenario]
     seed: int
+    # The user personas conversations draw from (empty: the graph draws from its settings).
+    personas: Sequence[Persona] = ()
     concurrency: int = 4
     distill: bool = True
     # An unfinished run recorded in conversation_dir to finish; None starts a new run.
@@ -132,6 +135,8 @@ def item_work(plan: RunPlan, item: RunItem) -> ItemWork:
         "seed": seed,
         "conversation_id": item.conversation_id,
     }
+    if plan.personas:
+        inputs["persona"] = pick_persona(plan.personas, seed)
     return ItemWork(item=item, label=f"#{item.index + 1} {scenario.key}", inputs=inputs)
 
 

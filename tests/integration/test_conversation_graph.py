@@ -32,6 +32,9 @@ def context(server: FakeOpenAIServer, **overrides: Any) -> ConversationContext:
         "min_rounds": 3,
         "max_rounds": 3,
         "typo_rate": 0.0,
+        # Messages as written: no style channel, a persona that says everything at once.
+        "style_rate": 0.0,
+        "persona": "casual-intermediate",
     }
     return ConversationContext(**{**values, **overrides})
 

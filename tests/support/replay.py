@@ -91,6 +91,9 @@ async def replay(transcript: Transcript, **overrides: Any) -> Replay:
             "api_key": "k",
             "model": "m",
             "typo_rate": 0.0,
+            # Messages as written: no style channel, a persona that says everything at once.
+            "style_rate": 0.0,
+            "persona": "casual-intermediate",
             "history_budget_tokens": NO_CUT_TOKENS,
             "min_rounds": transcript.rounds,
             "max_rounds": transcript.rounds,
