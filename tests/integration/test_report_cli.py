@@ -295,6 +295,10 @@ def test_report_sets_simulated_users_beside_a_reference(
     assert reference["real"]["question_share"] == 1.0
     assert reference["simulated"]["user_messages"] == 6 * 12
     assert '<section id="reference">' in (tmp_path / "out" / "index.html").read_text()
+    realism = json.loads((tmp_path / "out" / "report.json").read_text())["realism"]
+    assert realism["metrics"]["question"]["reference"] == 1.0
+    assert 0 < realism["distance"] <= 1
+    assert '<section id="realism">' in (tmp_path / "out" / "index.html").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     result = invoke(*args, "--reference", str(bad))
