@@ -25,7 +25,12 @@ from graph_distill.report.dataset import Conversation, Dataset, DatasetError, re
 from graph_distill.report.judge import estimate, judge_tasks, run_judge
 from graph_distill.report.output import INDEX_HTML, REPORT_JSON, write_report
 from graph_distill.report.profile import Profile
-from graph_distill.report.realism import RealismSide, builtin_profile, realism_distance
+from graph_distill.report.realism import (
+    RealismSide,
+    builtin_profile,
+    compare_realism,
+    realism_distance,
+)
 from graph_distill.report.stats import words
 from graph_distill.run.ledger import estimate_cost, format_usd
 from graph_distill.run.settings import RunSettings
@@ -233,8 +238,8 @@ def export(**kwargs: Any) -> None:
         fail(f"{target.data} exists: pass --force to replace it")
     try:
         analysis = analyze(dataset, workers=WORKERS)
-        profile, dropped = Profile(), Counter[str]()
-        rows = _export_rows(dataset, kwargs, analysis, profile, dropped)
+        profile, dropped, realism = Profile(), Counter[str](), RealismSide()
+        rows = _export_rows(dataset, kwargs, analysis, profile, dropped, realism)
         count = writer_for(export_format)(target.data, rows)
     except (DatasetError, InputError) as error:
         fail(str(error))
@@ -251,6 +256,7 @@ def export(**kwargs: Any) -> None:
         clean=kwargs["clean"],
         filters=_filter_names(kwargs),
         dropped=dict(dropped),
+        realism=compare_realism(realism, kwargs["realism"] or builtin_profile()),
     )
     card = render_card(facts, profile.figures([]), analysis.figures)
     card_written = write_card(target.card, card)
@@ -272,6 +278,7 @@ def _export_rows(
     analysis: Analysis,
     profile: Profile,
     dropped: Counter[str],
+    realism: RealismSide,
 ) -> Iterator[dict[str, Any]]:
     for conversation in dataset:
         reason = _dropped_by(conversation, options, analysis)
@@ -282,6 +289,7 @@ def _export_rows(
         for message in conversation.messages:
             lengths.setdefault(message["role"], []).append(len(words(message["content"])))
         profile.add(conversation, lengths)
+        realism.add(conversation.messages)
         yield from rows_of(conversation, options["export_format"], options["clean"])
 
 

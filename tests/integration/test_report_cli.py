@@ -353,4 +353,7 @@ def test_export_max_realism_distance_drops_the_degenerate_conversation(tmp_path:
     assert result.exit_code == 0, result.output
     assert len((out / "train.jsonl").read_text().splitlines()) == 1
     assert "dropped by --max-realism-distance: 2" in result.output
-    assert "realism distance at most 0.4" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "realism distance at most 0.4" in card
+    assert re.search(r"- realism distance: 0\.\d+", card)
+    assert "share of messages with a question: " in card
