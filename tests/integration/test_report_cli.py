@@ -357,3 +357,17 @@ def test_export_max_realism_distance_drops_the_degenerate_conversation(tmp_path:
     assert "realism distance at most 0.4" in card
     assert re.search(r"- realism distance: 0\.\d+", card)
     assert "share of messages with a question: " in card
+
+
+def test_export_max_realism_distance_refuses_a_missing_reference(tmp_path: Path) -> None:
+    source = tmp_path / "one.jsonl"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    source.write_text(json.dumps({"messages": messages}) + "\n")
+    out, missing = tmp_path / "out", tmp_path / "nope.json"
+    result = invoke(
+        *("export", "-c", str(source), "--format", "openai", "-o", str(out)),
+        *("--max-realism-distance", "0.5", "--reference", str(missing)),
+    )
+    assert result.exit_code != 0
+    assert result.output.strip() == f"error: --reference {missing}: no such file or directory"
+    assert not out.exists()
