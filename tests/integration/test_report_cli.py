@@ -298,7 +298,9 @@ def test_report_sets_simulated_users_beside_a_reference(
     realism = json.loads((tmp_path / "out" / "report.json").read_text())["realism"]
     assert realism["metrics"]["question"]["reference"] == 1.0
     assert 0 < realism["distance"] <= 1
-    assert '<section id="realism">' in (tmp_path / "out" / "index.html").read_text()
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert '<section id="realism">' in page
+    assert 'data-plot="realism_message_words"' in page
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     result = invoke(*args, "--reference", str(bad))
