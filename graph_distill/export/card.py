@@ -30,6 +30,7 @@ class CardFacts:
     clean: bool
     filters: Sequence[str]
     dropped: Mapping[str, int]
+    realism: Mapping[str, Any] | None = None
 
 
 def _counts(counts: Mapping[str, int], header: str) -> list[str]:
@@ -102,5 +103,17 @@ def render_card(facts: CardFacts, profile: Mapping[str, Any], source: Mapping[st
             f"citations inside their chunk: {shown(validity['in_range_share'])}; "
             f"items uncited: {shown(validity['uncited_share'])}; "
             f"chunks kept raw: {shown(source['raw_chunks']['raw'])}",
+        ]
+    if facts.realism is not None:
+        lines += [
+            "",
+            "## Realism of the users (distance to the reference, 0 = the same)",
+            "",
+            f"- realism distance: {shown(facts.realism['distance'])}",
+            *(
+                f"- {m['label']}: {shown(m['simulated'])} (reference {shown(m['reference'])}, "
+                f"distance {shown(m['distance'])})"
+                for m in facts.realism["metrics"].values()
+            ),
         ]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from graph_distill.report.citations import Distillation, FileCitations, file_cit
 from graph_distill.report.dataset import Conversation, Dataset, Reference, no_conversations
 from graph_distill.report.profile import Profile
 from graph_distill.report.quality import Quality, QualityMeasure, measure_quality
+from graph_distill.report.realism import RealismSide, compare_realism
 from graph_distill.report.reference import UserSide, compare
 from graph_distill.report.stats import words
 
@@ -88,6 +89,7 @@ def analyze(
     """Every figure of the report (without the judge), reading each conversation once."""
     profile, quality, distillation = Profile(), Quality(), Distillation()
     simulated = UserSide() if reference is not None else None
+    realism = RealismSide()
     for conversation, measured in _measured(dataset, workers):
         profile.add(conversation, measured.lengths)
         quality.add(conversation.key, measured.quality)
@@ -95,6 +97,7 @@ def analyze(
             distillation.add(measured.citations)
         if simulated is not None:
             simulated.add(conversation.messages)
+            realism.add(conversation.messages)
         if sink is not None:
             sink(conversation, measured)
     if not profile.rounds:
@@ -112,6 +115,7 @@ def analyze(
     }
     if simulated is not None and reference is not None:
         figures["reference"] = compare(simulated, reference.side)
+        figures["realism"] = compare_realism(realism, reference.realism)
     return Analysis(
         figures,
         degenerate=quality.degenerate_keys(),

@@ -18,6 +18,7 @@ from graph_distill.files.readers import (
     read_records,
 )
 from graph_distill.files.writing import RUN_REPORT_NAME, distilled_path
+from graph_distill.report.realism import RealismSide
 from graph_distill.report.reference import UserSide
 
 DISTILLED_PREFIX = "distilled_"
@@ -209,6 +210,7 @@ class Reference:
     side: UserSide
     conversations: int
     skipped: list[str]
+    realism: RealismSide = field(default_factory=RealismSide)
 
 
 def read_reference(path: Path) -> Reference:
@@ -216,13 +218,14 @@ def read_reference(path: Path) -> Reference:
     if not path.exists():
         raise DatasetError(f"--reference {path}: no such file or directory")
     inputs = find_inputs(path) if path.is_dir() else [path]
-    side, skipped, count = UserSide(), [], 0
+    side, realism, skipped, count = UserSide(), RealismSide(), [], 0
     for source in conversations_in(path, inputs, skipped, "--reference"):
         side.add(source.messages)
+        realism.add(source.messages)
         count += 1
     if not count:
         raise no_conversations("--reference", path, skipped)
-    return Reference(side, count, [f"--reference {line}" for line in skipped])
+    return Reference(side, count, [f"--reference {line}" for line in skipped], realism)
 
 
 def _load_json(path: Path) -> Any:

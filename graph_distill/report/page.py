@@ -285,6 +285,31 @@ def reference_section(f: dict[str, Any], plots: Mapping[str, str]) -> str:
             '<p class="explain">A likely typo is a word of three letters or more that no '
             "assistant message and no other user message of either dataset contains; the same "
             "rule judges both sides.</p></section>",
+            realism_section(f, plots),
+        ]
+    )
+
+
+def realism_section(f: dict[str, Any], plots: Mapping[str, str]) -> str:
+    if "realism" not in f:
+        return ""
+    realism = f["realism"]
+    rows = [
+        [m["label"], m["simulated"], m["reference"], m["distance"]]
+        for m in realism["metrics"].values()
+    ]
+    return "".join(
+        [
+            '<section id="realism"><h2>Realism of the simulated users</h2><div class="cards">',
+            card(
+                "Realism distance", realism["distance"], "realism_distance", "0 = as the reference"
+            ),
+            "</div>",
+            _plots(plots, "realism_message_words", "realism_first_message_share", "realism_mattr"),
+            table(["metric", "simulated", "reference", "distance"], rows, "realism"),
+            '<p class="explain">Each distance is the Kolmogorov-Smirnov distance between the '
+            "two sides' distributions (for a yes/no mark, the difference of the shares); the "
+            "summary is their mean.</p></section>",
         ]
     )
 

@@ -125,7 +125,23 @@ def report_plots(figures: dict[str, Any]) -> dict[str, str]:
             ),
             "User messages: simulated and real",
         )
+    if "realism" in figures:
+        for name in ("message_words", "first_message_share", "mattr"):
+            metric = figures["realism"]["metrics"][name]
+            plots[f"realism_{name}"] = svg(
+                histogram_bars(_realism_shares(metric), metric["label"]), metric["label"]
+            )
     return plots
+
+
+def _realism_shares(metric: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """Each side's histogram as shares of its total, on the metric's bins (the last one open)."""
+    edges = [0, *metric["edges"], metric["edges"][-1] * 2]
+    sides = {"simulated": metric["simulated_counts"], "reference": metric["reference_counts"]}
+    return {
+        side: {"edges": edges, "counts": [n / (sum(counts) or 1) for n in counts]}
+        for side, counts in sides.items()
+    }
 
 
 def _short(label: str, limit: int = 28) -> str:

@@ -295,6 +295,12 @@ def test_report_sets_simulated_users_beside_a_reference(
     assert reference["real"]["question_share"] == 1.0
     assert reference["simulated"]["user_messages"] == 6 * 12
     assert '<section id="reference">' in (tmp_path / "out" / "index.html").read_text()
+    realism = json.loads((tmp_path / "out" / "report.json").read_text())["realism"]
+    assert realism["metrics"]["question"]["reference"] == 1.0
+    assert 0 < realism["distance"] <= 1
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert '<section id="realism">' in page
+    assert 'data-plot="realism_message_words"' in page
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     result = invoke(*args, "--reference", str(bad))
@@ -322,3 +328,48 @@ def test_distilled_json_lines_are_looked_up_by_source_in_any_order(tmp_path: Pat
         "r2": distilled[2]["source"],
         "r3": distilled[3]["source"],
     }
+
+
+def test_export_max_realism_distance_drops_the_degenerate_conversation(tmp_path: Path) -> None:
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "transcripts"
+    picked = [fixtures / "healthy" / "35MnFU7_0.json", *sorted(fixtures.glob("degenerate/*"))]
+    source = tmp_path / "mixed.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"messages": json.loads(p.read_text())["conversation"]}) + "\n"
+            for p in picked
+        )
+    )
+    out = tmp_path / "out"
+    result = invoke(
+        "export",
+        "-c",
+        str(source),
+        "--format",
+        "openai",
+        "-o",
+        str(out),
+        "--max-realism-distance",
+        "0.4",
+    )
+    assert result.exit_code == 0, result.output
+    assert len((out / "train.jsonl").read_text().splitlines()) == 1
+    assert "dropped by --max-realism-distance: 2" in result.output
+    card = (out / "README.md").read_text()
+    assert "realism distance at most 0.4" in card
+    assert re.search(r"- realism distance: 0\.\d+", card)
+    assert "share of messages with a question: " in card
+
+
+def test_export_max_realism_distance_refuses_a_missing_reference(tmp_path: Path) -> None:
+    source = tmp_path / "one.jsonl"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    source.write_text(json.dumps({"messages": messages}) + "\n")
+    out, missing = tmp_path / "out", tmp_path / "nope.json"
+    result = invoke(
+        *("export", "-c", str(source), "--format", "openai", "-o", str(out)),
+        *("--max-realism-distance", "0.5", "--reference", str(missing)),
+    )
+    assert result.exit_code != 0
+    assert result.output.strip() == f"error: --reference {missing}: no such file or directory"
+    assert not out.exists()
