@@ -3,6 +3,7 @@ then reduce the notes, collapsing them in groups first while they exceed the not
 
     split -> distill_chunk (one task per chunk) -> plan_reduce -> reduce
                                     plan_reduce <-> collapse_group (one task per group)
+    (one chunk: distill_chunk -> reduce; no chunk: split -> reduce)
 
 Compiled without a checkpointer. A runner bounds its distillation calls with its resources'
 ``distill_limit``; an embedding caller may pass ``config={"max_concurrency": n}``.
@@ -19,6 +20,7 @@ from graph_distill.distill.nodes import (
     plan_reduce,
     reduce,
     route_chunks,
+    route_notes,
     route_reduce,
     split,
 )
@@ -39,8 +41,8 @@ distill_builder.add_node("plan_reduce", plan_reduce)
 distill_builder.add_node("collapse_group", collapse_group, retry_policy=LLM_RETRY)
 distill_builder.add_node("reduce", reduce, retry_policy=LLM_RETRY)
 distill_builder.add_edge(START, "split")
-distill_builder.add_conditional_edges("split", route_chunks, ["distill_chunk", "plan_reduce"])
-distill_builder.add_edge("distill_chunk", "plan_reduce")
+distill_builder.add_conditional_edges("split", route_chunks, ["distill_chunk", "reduce"])
+distill_builder.add_conditional_edges("distill_chunk", route_notes, ["plan_reduce", "reduce"])
 distill_builder.add_conditional_edges("plan_reduce", route_reduce, ["collapse_group", "reduce"])
 distill_builder.add_edge("collapse_group", "plan_reduce")
 distill_builder.add_edge("reduce", END)

@@ -67,10 +67,16 @@ def split(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, An
     return {"chunks": [_chunk_data(chunk) for chunk in chunks], "distill_usage": empty_usage()}
 
 
-async def route_chunks(state: DistillState) -> list[Send] | Literal["plan_reduce"]:
-    """One task per chunk (the map); straight on when there is nothing to distill."""
+async def route_chunks(state: DistillState) -> list[Send] | Literal["reduce"]:
+    """One task per chunk (the map); straight to the end when there is nothing to distill."""
     sends = [Send("distill_chunk", ChunkTask(chunk=chunk)) for chunk in state["chunks"]]
-    return sends or "plan_reduce"
+    return sends or "reduce"
+
+
+async def route_notes(state: DistillState) -> Literal["plan_reduce", "reduce"]:
+    """Notes of several chunks are planned for merging; one chunk's go straight to reduce (a
+    step less for most records of a dataset)."""
+    return "plan_reduce" if len(state["chunks"]) > 1 else "reduce"
 
 
 async def distill_chunk(
@@ -118,7 +124,9 @@ async def reduce(
 ) -> dict[str, Any]:
     """Final notes and summary. A single notes object (one distilled chunk) is used as is,
     without a call; when no chunk got usable notes, the summary comes from the raw text."""
-    level = state.get("notes_level") or []
+    level = state.get("notes_level")
+    if level is None:  # no merge was planned: at most one chunk
+        level = merge_repeats(_latest_level(state)[1])
     chunks = sorted(state.get("chunk_notes") or [], key=operator.itemgetter("chunk_index"))
     ctx = _context(runtime)
     usage = empty_usage()

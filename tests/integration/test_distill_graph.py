@@ -194,10 +194,30 @@ async def test_chunk_prompt_labels_every_message_with_its_turn() -> None:
     )
 
 
+async def nodes_run(
+    server: FakeOpenAIServer, messages: list[dict[str, str]], **settings: Any
+) -> tuple[list[list[str]], dict[str, Any]]:
+    """The nodes of each step, in order, and the graph's output."""
+    steps: list[list[str]] = []
+    result: dict[str, Any] = {}
+    async for mode, chunk in distill_graph.astream(
+        {"conversation": messages},
+        with_resources({}, RunResources()),
+        context=context(server, **settings),
+        stream_mode=["updates", "values"],
+    ):
+        if mode == "updates":
+            steps.append(sorted(chunk))
+        else:
+            result = chunk
+    return steps, result
+
+
 async def test_single_chunk_reuses_its_notes_without_a_reduce_call() -> None:
     with FakeOpenAIServer(responder=scripted()) as server:
-        result = await distill(server, conversation(4), max_turns=10)
+        steps, result = await nodes_run(server, conversation(4), max_turns=10)
         assert kinds(server) == {"chunk": 1}
+    assert steps == [["split"], ["distill_chunk"], ["reduce"]]  # no merge plan for one chunk
     assert result["final_notes"] == result["distilled_chunks"][0]["notes"]
     assert result["final_summary"] == render_summary(result["final_notes"])
 
@@ -240,8 +260,9 @@ async def test_split_settings_errors_propagate() -> None:
 
 async def test_empty_conversation_gives_empty_results_without_calls() -> None:
     with FakeOpenAIServer() as server:
-        result = await distill(server, [])
+        steps, result = await nodes_run(server, [])
         assert server.calls == 0
+    assert steps == [["split"], ["reduce"]]
     assert result["distilled_chunks"] == []
     assert result["final_summary"] == ""
     assert result["distill_usage"]["calls"] == 0
