@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -33,10 +35,6 @@ RESOURCES_KEY = "graph_distill_resources"
 Model = TypeVar("Model")
 Derived = TypeVar("Derived")
 Source = TypeVar("Source")
-
-# Derived values kept per source object (oldest dropped first): 48 conversations of 100
-# rounds, many times over.
-MAX_DERIVED = 65536
 
 
 class RunResources:
@@ -66,8 +64,8 @@ class RunResources:
         self._client: httpx2.AsyncClient | None = None
         self._lock = threading.Lock()
         self._distill_slots = asyncio.Semaphore(distill_limit) if distill_limit else None
-        # (kind, id(source)) -> (source, value): holding the source keeps its id from reuse.
-        self._derived: dict[tuple[str, int], tuple[object, Any]] = {}
+        # (kind, id(source)) -> (weak reference to the source, value)
+        self._derived: dict[tuple[str, int], tuple[weakref.ref[Any], Any]] = {}
 
     @property
     def requests_per_minute(self) -> float | None:
@@ -107,17 +105,20 @@ class RunResources:
         return found
 
     def derived(self, kind: str, source: Source, make: Callable[[Source], Derived]) -> Derived:
-        """``make(source)``, computed once per ``source`` object in this run: for values derived
-        from messages, which are never changed in place once in a graph's state, and which
-        every later call of a conversation would otherwise derive again."""
+        """``make(source)``, computed once per ``source`` object while that object lives: for
+        values derived from messages, which are never changed in place once in a graph's state,
+        and which every later call of a conversation would otherwise derive again. An entry
+        goes with its source, so a run of many records holds only the live ones'."""
         key = (kind, id(source))
         known = self._derived.get(key)
-        if known is not None and known[0] is source:
+        if known is not None and known[0]() is source:
             return known[1]
         value = make(source)
-        if len(self._derived) >= MAX_DERIVED:
-            self._derived.pop(next(iter(self._derived)), None)
-        self._derived[key] = (source, value)
+        try:
+            alive = weakref.ref(source, partial(_forget, self._derived, key))
+        except TypeError:  # not weakly referable: derived again on every call
+            return value
+        self._derived[key] = (alive, value)
         return value
 
     async def aclose(self) -> None:
@@ -178,3 +179,7 @@ async def node_resources(
         return
     async with RunResources(context.requests_per_minute, stock=context.stock) as resources:
         yield resources
+
+
+def _forget(derived: dict[tuple[str, int], Any], key: tuple[str, int], _: object) -> None:
+    derived.pop(key, None)

@@ -4,6 +4,7 @@ through real clients against the fake server (sharing, pacing, Retry-After, fail
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 from collections.abc import Awaitable, Iterator
@@ -321,6 +322,18 @@ def test_a_run_derives_a_value_once_per_source_object() -> None:
     assert resources.derived("upper", edited, make) == "THE CAT"  # a new object: derived anew
     assert resources.derived("other", first, lambda m: m.text.lower()) == "teh cat"  # apart
     assert made == ["teh cat", "the cat"]
+
+
+def test_a_derived_value_goes_with_its_source() -> None:
+    """A run of many records must not keep every prompt it sent (memory flat in records)."""
+    resources = RunResources()
+    kept = HumanMessage("kept")
+    resources.derived("plain", kept, lambda m: m.text)
+    for number in range(1000):
+        resources.derived("plain", HumanMessage(f"prompt {number}"), lambda m: m.text)
+    gc.collect()
+    alive = [entry[0]() for entry in resources._derived.values()]
+    assert alive == [kept]
 
 
 async def test_rpm_paces_every_request_retries_included(fake: FakeOpenAIServer) -> None:
