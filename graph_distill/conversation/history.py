@@ -14,20 +14,22 @@ MESSAGE_OVERHEAD_TOKENS = 4
 
 
 def message_tokens(message: BaseMessage) -> int:
-    """Tokens of ``message``, encoded once: a message's text is counted on its first call and
-    then found by the string itself (whose hash Python keeps), not re-encoded per call."""
+    """Tokens of ``message`` with its role framing."""
     return count_tokens(_text(message)) + MESSAGE_OVERHEAD_TOKENS
 
 
-def window(messages: Sequence[BaseMessage], budget: int, step: int) -> list[BaseMessage]:
-    """The newest messages within ``budget`` tokens, cut only at multiples of ``step``.
+def window(
+    messages: Sequence[BaseMessage], budget: int, step: int, resources: RunResources
+) -> list[BaseMessage]:
+    """The newest messages within ``budget`` tokens, cut only at multiples of ``step``; each
+    message is counted once while it lives (kept by the run's ``resources``), not per call.
 
     Cutting in whole steps keeps the start of the prompt identical from call to call
     until the next cut, so a prefix-caching server bills most prompt tokens as cached.
     ``step`` is rounded up to an even number so the window starts on the same role.
     """
     step = max(2, step + step % 2)
-    counts = [message_tokens(m) for m in messages]
+    counts = [resources.derived("tokens", m, message_tokens) for m in messages]
     total, start = sum(counts), 0
     while total > budget and len(messages) - start > step:
         total -= sum(counts[start : start + step])

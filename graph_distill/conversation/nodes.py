@@ -204,7 +204,12 @@ async def _write_user_message(
         persona=persona_prompt(persona) if persona else "an ordinary user.",
     )
     view = flipped(
-        window(state["conversation_messages"], ctx.history_budget_tokens, ctx.history_cut_step),
+        window(
+            state["conversation_messages"],
+            ctx.history_budget_tokens,
+            ctx.history_cut_step,
+            resources,
+        ),
         resources,
     )
     if state.get("pending_topic"):
@@ -263,12 +268,12 @@ async def respond(
     penalty = _penalty(state, ctx)
     if penalty:
         system += load_prompt("assistant_unstick")
-    prompt = [
-        SystemMessage(system),
-        *window(messages, ctx.history_budget_tokens, ctx.history_cut_step),
-    ]
     usage = empty_usage()
     async with node_resources(config, ctx) as resources:
+        prompt = [
+            SystemMessage(system),
+            *window(messages, ctx.history_budget_tokens, ctx.history_cut_step, resources),
+        ]
         model = chat_model(
             ctx,
             "assistant",

@@ -27,8 +27,6 @@ _MAX_CHARACTER_TOKENS = 4
 MIN_MAX_TOKENS = MESSAGE_TOKEN_OVERHEAD + _MAX_CHARACTER_TOKENS
 SPLIT_METHODS = ("tokens", "turns")
 _SEPARATORS = ["\n\n", "\n", ". ", " ", ""]
-# Splitting measures many one-off texts; keep them out of the shared count cache.
-_count_uncached = count_tokens.__wrapped__
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,7 @@ def _validated(messages: Sequence[Mapping]) -> list[tuple[str, str]]:
 def _whole_units(messages: list[tuple[str, str]]) -> list[_Unit]:
     # One plain encode per message: faster here than encode_ordinary_batch's thread pool.
     return [
-        _Unit(role, content, turn, _count_uncached(content) + MESSAGE_TOKEN_OVERHEAD)
+        _Unit(role, content, turn, count_tokens(content) + MESSAGE_TOKEN_OVERHEAD)
         for turn, (role, content) in enumerate(messages)
     ]
 
@@ -157,12 +155,12 @@ def _split_text(text: str, content_budget: int, chunk_size: int) -> list[tuple[s
         keep_separator="end",
         chunk_size=chunk_size,
         chunk_overlap=0,
-        length_function=_count_uncached,
+        length_function=count_tokens,
         strip_whitespace=False,
     )
     pieces: list[tuple[str, int]] = []
     for piece in splitter.split_text(text):
-        tokens = _count_uncached(piece)
+        tokens = count_tokens(piece)
         if tokens <= content_budget:
             pieces.append((piece, tokens))
         else:  # the splitter sums its pieces' counts, and joined text can encode longer
@@ -176,7 +174,7 @@ def _packed(pieces: list[tuple[str, int]], content_budget: int) -> list[tuple[st
     parts: list[tuple[str, int]] = []
     text, tokens = "", 0
     for piece, piece_tokens in pieces:
-        joined_tokens = _count_uncached(text + piece) if text else piece_tokens
+        joined_tokens = count_tokens(text + piece) if text else piece_tokens
         if joined_tokens > content_budget:
             parts.append((text, tokens))
             text, tokens = piece, piece_tokens

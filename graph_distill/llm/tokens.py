@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache, lru_cache
+from functools import cache
 
 import tiktoken
 
@@ -15,11 +15,9 @@ def encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding(ENCODING_NAME)
 
 
-@lru_cache(maxsize=65536)
 def count_tokens(text: str) -> int:
-    """Tokens in ``text``, encoded once per distinct text: a history window looks at every
-    message on every call, and must not encode them again (room for 48 conversations of 100
-    rounds and their distillation many times over)."""
+    """Tokens in ``text`` (a history window keeps each message's count with the run's
+    resources, see conversation/history.py)."""
     return len(encoding().encode_ordinary(text))
 
 

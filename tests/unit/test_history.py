@@ -4,6 +4,7 @@ from itertools import pairwise
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from graph_distill.conversation import history
 from graph_distill.conversation.history import (
     MESSAGE_OVERHEAD_TOKENS,
     flipped,
@@ -34,7 +35,7 @@ def window_starts(messages: list[BaseMessage], budget: int, step: int) -> list[i
     """Index of the first kept message as the conversation grows one message at a time."""
     starts = []
     for length in range(1, len(messages) + 1):
-        shown = window(messages[:length], budget, step)
+        shown = window(messages[:length], budget, step, resources=RunResources())
         start = length - len(shown)
         assert shown == messages[start:length]
         assert all(a is b for a, b in zip(shown, messages[start:length], strict=True))
@@ -49,19 +50,19 @@ def test_message_tokens_adds_role_overhead() -> None:
 
 def test_everything_within_budget_is_returned() -> None:
     messages = conversation(30)
-    shown = window(messages, total_tokens(messages), step=4)
+    shown = window(messages, total_tokens(messages), step=4, resources=RunResources())
     assert shown == messages
     assert shown is not messages
 
 
 def test_empty_input_gives_empty_window() -> None:
-    assert window([], 100, 4) == []
+    assert window([], 100, 4, resources=RunResources()) == []
 
 
 def test_over_budget_cuts_whole_steps_from_the_front() -> None:
     messages = conversation(40)
     budget = total_tokens(messages[-20:])
-    shown = window(messages, budget, step=8)
+    shown = window(messages, budget, step=8, resources=RunResources())
     start = len(messages) - len(shown)
     assert start == 24
     assert total_tokens(shown) <= budget
@@ -71,7 +72,7 @@ def test_over_budget_cuts_whole_steps_from_the_front() -> None:
 def test_window_is_the_smallest_cut_that_fits() -> None:
     messages = conversation(60)
     for budget in (700, 1500, 2500, 4000):
-        shown = window(messages, budget, step=6)
+        shown = window(messages, budget, step=6, resources=RunResources())
         start = len(messages) - len(shown)
         assert start % 6 == 0
         assert total_tokens(shown) <= budget
@@ -106,8 +107,8 @@ def test_growing_conversation_keeps_prefix_until_next_cut() -> None:
 
     for length in range(1, len(messages)):
         if starts[length] == starts[length - 1]:
-            before = window(messages[:length], 2000, step)
-            after = window(messages[: length + 1], 2000, step)
+            before = window(messages[:length], 2000, step, resources=RunResources())
+            after = window(messages[: length + 1], 2000, step, resources=RunResources())
             assert after[: len(before)] == before
 
 
@@ -127,14 +128,14 @@ def test_equal_messages_cut_exactly_every_step() -> None:
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 17])
 def test_never_empty_even_when_nothing_fits(count: int) -> None:
     messages = conversation(count, low=400, high=500)
-    shown = window(messages, 10, step=2)
+    shown = window(messages, 10, step=2, resources=RunResources())
     assert shown
     assert shown[-1] is messages[-1]
 
 
 def test_zero_budget_keeps_at_most_one_step() -> None:
     messages = conversation(21)
-    shown = window(messages, 0, step=4)
+    shown = window(messages, 0, step=4, resources=RunResources())
     assert 1 <= len(shown) <= 4
     assert shown == messages[-len(shown) :]
 
@@ -165,14 +166,20 @@ def test_flipped_of_nothing_is_empty() -> None:
     assert flipped([], RunResources()) == []
 
 
-def test_each_message_is_encoded_once_across_calls() -> None:
+def test_each_message_is_encoded_once_across_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    counted: list[str] = []
+
+    def counting(text: str) -> int:
+        counted.append(text)
+        return count_tokens(text)
+
+    monkeypatch.setattr(history, "count_tokens", counting)
+    resources = RunResources()
     messages = conversation(60, seed=random.SystemRandom().randrange(2**31))
-    messages = [type(m)(f"{m.text} {id(messages)}") for m in messages]  # never counted before
-    before = count_tokens.cache_info().misses
-    window(messages, budget=10**6, step=16)
-    assert count_tokens.cache_info().misses - before == len(messages)
+    window(messages, budget=10**6, step=16, resources=resources)
+    assert len(counted) == len(messages)
     for grown in range(1, 4):
-        longer = [*messages, AIMessage(f"reply {grown} {id(messages)}")]
-        window(longer, budget=2000, step=16)
+        longer = [*messages, AIMessage(f"reply {grown}")]
+        window(longer, budget=2000, step=16, resources=resources)
         messages = longer
-    assert count_tokens.cache_info().misses - before == len(messages)
+    assert len(counted) == len(messages)
