@@ -93,8 +93,7 @@ async def distill_chunk(
 
 async def plan_reduce(state: DistillState, runtime: Runtime[DistillContext]) -> dict[str, Any]:
     """The notes to merge next (repeats merged), grouped to fit the notes budget."""
-    reduce_round, level = _latest_level(state)
-    level = merge_repeats(level)
+    reduce_round, level = _merged_level(state)
     groups = group_for_budget(level, _context(runtime).notes_budget_tokens)
     return {"notes_level": level, "notes_groups": groups, "reduce_round": reduce_round}
 
@@ -126,7 +125,7 @@ async def reduce(
     without a call; when no chunk got usable notes, the summary comes from the raw text."""
     level = state.get("notes_level")
     if level is None:  # no merge was planned: at most one chunk
-        level = merge_repeats(_latest_level(state)[1])
+        level = _merged_level(state)[1]
     chunks = sorted(state.get("chunk_notes") or [], key=operator.itemgetter("chunk_index"))
     ctx = _context(runtime)
     usage = empty_usage()
@@ -202,6 +201,12 @@ def _chunk_data(chunk: Chunk) -> ChunkData:
         turn_range=list(chunk.turn_range),
         tokens=chunk.tokens,
     )
+
+
+def _merged_level(state: DistillState) -> tuple[int, list[Notes]]:
+    """The latest level's round and its notes, repeats merged: what the next merge takes."""
+    reduce_round, level = _latest_level(state)
+    return reduce_round, merge_repeats(level)
 
 
 def _latest_level(state: DistillState) -> tuple[int, list[Notes]]:
