@@ -130,15 +130,17 @@ def distill(
         "-j", str(concurrency), "--base-url", base_url, "--api-key", "bench", "--model", "fake",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    if kill_after is not None:
-        time.sleep(kill_after)
-        process.kill()
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
+    # stderr goes to a file: a pipe left unread while the run is timed would fill and stall it
+    with tempfile.TemporaryFile("w+") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stderr=log, text=True)
+        if kill_after is not None:
+            time.sleep(kill_after)
+            process.kill()
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        log.seek(0)
+        stderr = log.read()
     closing = (stderr.strip().splitlines() or ["(no output)"])[-1]
     if kill_after is None and os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"distill failed:\n{stderr[-3000:]}")
