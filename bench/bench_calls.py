@@ -254,13 +254,13 @@ async def scale_part(quick: bool) -> list[Row]:
         ),
         Row(
             "   bare AsyncOpenAI loop, same requests / ideal",
-            f"{plain.wall:.2f} s",
+            f"{plain.wall:.2f} s (CPU {plain.cpu:.1f} s)",
             f"{SCALE_IDEAL:.2f} s",
             plain.wall / SCALE_IDEAL,
         ),
         Row(
             "   bare loop, messages through extra_body / ideal",
-            f"{through_extra.wall:.2f} s",
+            f"{through_extra.wall:.2f} s (CPU {through_extra.cpu:.1f} s)",
             f"{SCALE_IDEAL:.2f} s",
             through_extra.wall / SCALE_IDEAL,
         ),
