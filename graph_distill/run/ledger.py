@@ -111,7 +111,7 @@ class LedgerRow:
 
 
 @dataclass
-class _Tally:
+class _PhaseUsage:
     usage: Usage = field(default_factory=empty_usage)
     first_start: float = math.inf
     last_end: float = -math.inf
@@ -133,14 +133,14 @@ class CostLedger:
         self._clock = clock
         self.started = clock()
         self.started_at = datetime.now().astimezone()
-        self._tallies = {phase: _Tally() for phase in PHASES}
+        self._phases = {phase: _PhaseUsage() for phase in PHASES}
 
     def now(self) -> float:
         return self._clock()
 
     def record(self, phase: Phase, usage: Mapping[str, int] | None, started: float) -> None:
         """Work of ``phase`` that began at ``started`` (a ``now()`` reading) and ends now."""
-        tally = self._tallies[phase]
+        tally = self._phases[phase]
         tally.usage = add_usage(tally.usage, usage)
         tally.first_start = min(tally.first_start, started)
         tally.last_end = max(tally.last_end, self._clock())
@@ -152,13 +152,13 @@ class CostLedger:
         return LedgerCallback(self, phase)
 
     def row(self, phase: Phase) -> LedgerRow:
-        tally = self._tallies[phase]
+        tally = self._phases[phase]
         wall = tally.last_end - tally.first_start if tally.first_start <= tally.last_end else None
         return LedgerRow(phase, tally.usage, estimate_cost(tally.usage, self.prices), wall)
 
     def total(self) -> LedgerRow:
         usage = empty_usage()
-        for tally in self._tallies.values():
+        for tally in self._phases.values():
             usage = add_usage(usage, tally.usage)
         wall = self._clock() - self.started
         return LedgerRow("total", usage, estimate_cost(usage, self.prices), wall)
